@@ -1,0 +1,32 @@
+"""Shared fixtures: the offline MNIST folder and a clean warnings/cache state."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    """The folder with the real MNIST test split: $COURSE_DATA or ../shared/data."""
+    for cand in (os.environ.get("COURSE_DATA"), REPO.parent / "shared" / "data"):
+        if cand and (Path(cand) / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture
+def shared_data():
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("no MNIST test split found (set COURSE_DATA or provide ../shared/data)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_data_module_state():
+    import helpers.data as d
+
+    d._warned.clear()
+    d._download_failed.clear()
+    yield
