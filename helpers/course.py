@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "lab":
         cmd = [str(python), "-m", "jupyterlab", str(ROOT / "notebooks"), *extra]
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+            cmd.append("--allow-root")  # containers often run as root; JupyterLab refuses without it
         env = dict(os.environ)
     else:
         cmd = [str(python), "-m", "pytest", *extra]
