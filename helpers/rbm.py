@@ -16,6 +16,9 @@ sampling (week 11).
 """
 from __future__ import annotations
 
+import math
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -274,3 +277,481 @@ class BernoulliRBM:
         pos = self.positive_phase(x)
         neg = self.negative_phase_exact(chunk, max_units)
         return {k: pos[k] - neg[k] for k in pos}
+
+
+# ====================================================================== training (week 11)
+#
+# Contrastive divergence replaces the intractable negative phase <x h^T>_model
+# by statistics of a few block-Gibbs sweeps:
+#
+#   CD-k: k sweeps x -> h -> x started at the data rows (Hinton 2002);
+#   PCD:  k sweeps continuing persistent "fantasy" chains that survive from one
+#         parameter update to the next (Tieleman 2008).
+#
+# Both use p(h | x) instead of sampled h in the statistics (lower variance,
+# same expectation) and sample every unit of every row independently.
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _bernoulli(p, generator):
+    """One independent draw per entry of ``p``: ``1.0`` where ``U(0, 1) < p``.
+
+    Draws ``torch.rand(p.shape)`` from ``generator``, the same stream that the
+    fast training loop of :func:`train_rbm` consumes (so the two can be compared
+    draw for draw).
+    """
+    return (torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device) < p).to(p.dtype)
+
+
+def _statistics(rbm, x):
+    """<x h^T>, <x>, <h> over the rows of ``x`` with h replaced by p(h | x)."""
+    ph = torch.sigmoid(x @ rbm.W + rbm.b)
+    return {"W": x.T @ ph / x.shape[0], "a": x.mean(0), "b": ph.mean(0)}
+
+
+def gibbs_sweeps(rbm, x, k: int = 1, generator: torch.Generator | None = None):
+    """``k`` block-Gibbs sweeps ``x -> h ~ p(h | x) -> x ~ p(x | h)`` from each row of ``x``.
+
+    Every unit of every row is an independent Bernoulli draw. Returns the new
+    visible states, shape ``(batch, n_visible)``, binary, in the model's dtype.
+    """
+    x = rbm.check_visible(x)
+    _check_int("k", k, 1)
+    for _ in range(k):
+        h = _bernoulli(torch.sigmoid(x @ rbm.W + rbm.b), generator)
+        x = _bernoulli(torch.sigmoid(h @ rbm.W.T + rbm.a), generator)
+    return x
+
+
+def cd_gradient(rbm, x, k: int = 1, generator: torch.Generator | None = None, chains=None):
+    """CD-k (``chains=None``) or PCD-k estimate of :meth:`BernoulliRBM.exact_gradient`.
+
+    positive phase: <x h^T>, <x>, <h> over the rows of ``x`` with h -> p(h | x)
+    (exactly :meth:`BernoulliRBM.positive_phase`);
+    negative phase: the same statistics over ``x_neg``, the visible states after
+    ``k`` block-Gibbs sweeps started at the data rows (CD-k) or at the persistent
+    ``chains`` (PCD), again with h -> p(h | x_neg).
+
+    Parameters
+    ----------
+    rbm : BernoulliRBM
+        Any dtype; use float64 to compare with ``exact_gradient``.
+    x : Tensor (B, n_visible), binary
+        Data batch.
+    k : int >= 1
+        Gibbs sweeps per call.
+    generator : torch.Generator, optional
+        Source of every Bernoulli draw (one per unit and per row).
+    chains : Tensor (C, n_visible), binary, optional
+        PCD: the persistent chains. They are advanced ``k`` sweeps, **updated in
+        place** (``chains.copy_(x_neg)``) and also returned as ``x_neg``; ``C``
+        need not equal ``B``.
+
+    Returns
+    -------
+    grad : dict with ``"W"`` (M, N), ``"a"`` (M,), ``"b"`` (N,)
+        positive minus negative statistics, an estimate of the gradient of the
+        mean log-likelihood in nats (same layout as ``exact_gradient``).
+    x_neg : Tensor (B or C, n_visible)
+        The negative samples (for PCD the new chain states).
+
+    Notes
+    -----
+    CD-k is biased for finite k: its chains start at the data and have not
+    reached p(x) after k sweeps. The bias shrinks as k grows; PCD chains are
+    (nearly) at equilibrium when the parameters change slowly.
+    """
+    x = rbm.check_visible(x)
+    _check_int("k", k, 1)
+    start = x if chains is None else rbm.check_visible(chains)
+    x_neg = gibbs_sweeps(rbm, start, k, generator)
+    if chains is not None:
+        chains.copy_(x_neg)
+    pos, neg = _statistics(rbm, x), _statistics(rbm, x_neg)
+    return {name: pos[name] - neg[name] for name in pos}, x_neg
+
+
+def cd_loss(params, x, x_neg):
+    """Contrastive-divergence surrogate loss ``mean F(x) - mean F(x_neg.detach())`` in nats.
+
+    Its autograd gradient with respect to ``W``, ``a``, ``b`` is exactly minus
+    the CD gradient of :func:`cd_gradient` for the same ``x_neg`` (so an
+    optimizer minimising it performs CD/PCD ascent on the log-likelihood).
+    The negative samples are **detached**: they came out of a sampler that
+    depends on the parameters, but the CD gradient treats them as fixed draws.
+    Back-propagating through them (e.g. through mean-field reconstructions
+    ``sigmoid(a + W h)``) adds a term that is not part of the
+    log-likelihood gradient -- the "detach the negatives" pitfall.
+
+    Parameters
+    ----------
+    params : BernoulliRBM or mapping with ``"W"`` (M, N), ``"a"`` (M,), ``"b"`` (N,)
+        The tensors to differentiate (e.g. ``rbm.parameters()`` after
+        ``requires_grad_()``, or ``torch.nn.Parameter`` objects).
+    x : Tensor (B, M)
+        Data batch (binary).
+    x_neg : Tensor (C, M)
+        Negative samples, usually binary Gibbs samples; values in [0, 1]
+        (mean-field reconstructions) are accepted.
+
+    Returns
+    -------
+    Tensor of shape (): the loss, in nats.
+    """
+    if isinstance(params, BernoulliRBM):
+        params = params.parameters()
+    try:
+        W, a, b = params["W"], params["a"], params["b"]
+    except (KeyError, TypeError):
+        raise TypeError("params must be a BernoulliRBM or a mapping with keys 'W', 'a', 'b'") from None
+    m = W.shape[0]
+    for name, t in (("x", x), ("x_neg", x_neg)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != m:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a tensor of shape (batch, {m}), got {shape}")
+
+    def free_energy(v):
+        v = v.to(W.dtype)
+        return -(v @ a) - F.softplus(v @ W + b).sum(1)
+
+    return free_energy(x).mean() - free_energy(x_neg.detach()).mean()
+
+
+def base_rate_visible_bias(x, eps: float = 0.01, dtype=None):
+    """Visible bias of the independent-pixel ("base-rate") model fitted to data.
+
+    ``a_i = logit(p_i)`` with the smoothed pixel means ``p_i = (mean_n x_ni + eps) / (1 + 2 eps)``;
+    the smoothing keeps pixels that are always 0 (or 1) in the data finite
+    (``eps = 0.01`` gives ``|a_i| <= log(101) = 4.6``). With ``W = 0`` and this
+    ``a`` the model is the maximum-likelihood product of Bernoullis, smoothed.
+    Used to initialise ``a`` before training and as the base model of AIS.
+
+    Parameters
+    ----------
+    x : Tensor (n, M), values in [0, 1]
+    eps : float in (0, 0.5)
+    dtype : torch dtype, optional
+        Of the result; default ``x``'s floating dtype (float32 for integer/bool data).
+
+    Returns
+    -------
+    Tensor (M,)
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 1:
+        raise ValueError("x must be a tensor of shape (n, n_visible) with n >= 1, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
+    dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
+    xf = x.to(torch.float64)
+    if torch.isnan(xf).any() or xf.min() < 0 or xf.max() > 1:
+        raise ValueError("x must hold values in [0, 1] without NaNs")
+    p = (xf.mean(0) + eps) / (1 + 2 * eps)
+    return torch.logit(p).to(dtype)
+
+
+# ---------------------------------------------------------------------- pseudo-likelihood
+def _pll_bits(rbm, x, bits=None, chunk_elems: int = 2**22):
+    """Sum over bits i of log p(x_i | x_-i) (``bits=None``), or the single term of
+    bit ``bits[n]`` for row n; ``x`` already validated."""
+    W, a = rbm.W, rbm.a
+    pre = x @ W + rbm.b  # (B, N)
+    soft = F.softplus(pre).sum(1)  # (B,)
+    sign = 1 - 2 * x  # x~_i - x_i for the flipped bit
+    if bits is not None:
+        rows = torch.arange(x.shape[0], device=x.device)
+        s = sign[rows, bits]  # (B,)
+        d_free = s * a[bits] + F.softplus(pre + s[:, None] * W[bits]).sum(1) - soft  # F(x) - F(x~)
+        return -F.softplus(d_free)
+    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    step = max(1, chunk_elems // max(1, x.shape[0] * rbm.n_hidden))
+    for i in range(0, rbm.n_visible, step):
+        s = sign[:, i:i + step]  # (B, c)
+        flipped = pre[:, None, :] + s[:, :, None] * W[i:i + step][None]  # (B, c, N)
+        d_free = s * a[i:i + step] + F.softplus(flipped).sum(2) - soft[:, None]
+        total -= F.softplus(d_free).sum(1)  # log sigmoid(F(x~) - F(x)) = -softplus(F(x) - F(x~))
+    return total
+
+
+def pseudo_log_likelihood(rbm, x, *, stochastic: bool = False, generator: torch.Generator | None = None):
+    """Pseudo-log-likelihood ``sum_i log p(x_i | x_-i)`` per row, in nats.
+
+    Each conditional needs only a ratio of two unnormalised probabilities,
+    ``p(x_i | x_-i) = sigmoid(F(x with bit i flipped) - F(x))``, so ``Z`` cancels.
+
+    **It is not the log-likelihood.** It scores how well each pixel is predicted
+    from all the others; it never involves ``Z``, is not the log-probability of
+    any normalised distribution over ``x``, and a model can score well on it while
+    its samples are poor. Use it to monitor training, not to report model quality
+    (for that: :meth:`BernoulliRBM.log_likelihood_exact` on small models,
+    :func:`helpers.ais.ais_log_partition` on large ones).
+
+    Parameters
+    ----------
+    x : Tensor (B, M), binary
+    stochastic : bool
+        ``False``: exact, ``M`` free-energy evaluations per row (for MNIST
+        ``M = 784``: costly). ``True``: one uniformly random bit ``i_n`` per row,
+        ``M * log p(x_{i_n} | x_-i_n)``, an unbiased but noisy estimate (as
+        scikit-learn's ``BernoulliRBM.score_samples``).
+    generator : torch.Generator, optional
+        For the random bits (stochastic only).
+
+    Returns
+    -------
+    Tensor (B,), nats per row (always <= 0).
+    """
+    x = rbm.check_visible(x)
+    if not stochastic:
+        return _pll_bits(rbm, x)
+    bits = torch.randint(rbm.n_visible, (x.shape[0],), generator=generator).to(x.device)
+    return rbm.n_visible * _pll_bits(rbm, x, bits)
+
+
+# ---------------------------------------------------------------------- training loop
+class TrainHistory(dict):
+    """What :func:`train_rbm` returns: a dict of per-epoch lists (so
+    ``pandas.DataFrame(history)`` works) with two attributes:
+
+    ``chains``: the final PCD chains, Tensor (n_chains, n_visible) (``None`` for CD),
+    for fantasy-particle plots or to continue training (``train_rbm(..., chains=history.chains)``);
+    ``settings``: the arguments of the run and how the metrics were measured.
+    """
+
+    chains = None
+    settings = None
+
+
+def _check_finite_settings(**values):
+    for name, (value, low, low_ok, high, high_ok) in values.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value >= low if low_ok else value > low) and (value <= high if high_ok else value < high)
+        if not ok:
+            rng = f"{'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
+            raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
+
+
+def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr: float = 0.05,
+              momentum: float = 0.5, weight_decay: float = 1e-4, batch_size: int = 100, n_epochs: int = 10,
+              n_chains: int = 100, chains=None, shuffle: bool = True, seed: int | None = 0,
+              generator: torch.Generator | None = None, n_monitor: int = 1000, pll: str = "auto",
+              progress: bool = True):
+    """Train ``rbm`` in place by minibatch CD-k or PCD-k with momentum and weight decay.
+
+    Per minibatch of ``n`` rows (the last one may be smaller) with CD/PCD
+    gradient estimate ``g`` (positive minus negative statistics, as in
+    :func:`cd_gradient`)::
+
+        v_W <- momentum * v_W + lr * (g_W - weight_decay * W);   W <- W + v_W
+        v_a <- momentum * v_a + lr * g_a;                          a <- a + v_a   (same for b)
+
+    Weight decay (an L2 penalty ``weight_decay/2 * |W|^2``) acts on ``W`` only,
+    never on the biases. The velocities start at zero in every call.
+
+    Parameters
+    ----------
+    rbm : BernoulliRBM
+        Trained in place, in its dtype (float32 for speed, float64 for checks).
+    x_train : Tensor (n, n_visible), binary
+        Validated once (shape, NaNs, 0/1 values) before training.
+    x_valid : Tensor (m, n_visible), binary, optional
+        Held-out data for the free-energy gap.
+    method : {"cd", "pcd"}
+        CD-k restarts the negative chains at the minibatch; PCD-k continues
+        ``n_chains`` persistent chains across minibatches and epochs.
+    k : int >= 1
+        Gibbs sweeps per parameter update.
+    lr : float > 0
+        Learning rate (gradients are per-example averages).
+    momentum : float in [0, 1)
+    weight_decay : float >= 0
+    batch_size, n_epochs : int >= 1
+    n_chains : int >= 1
+        PCD only: number of persistent chains (ignored when ``chains`` is given).
+    chains : Tensor (C, n_visible), binary, optional
+        PCD only: initial chain states (e.g. ``history.chains`` of an earlier call).
+        Default: independent draws from the base-rate model of ``x_train``
+        (pixel i on with the smoothed mean of pixel i, see :func:`base_rate_visible_bias`).
+    shuffle : bool
+        Reshuffle the training rows every epoch.
+    seed : int, or generator : torch.Generator
+        All randomness (shuffling, chain initialisation, Bernoulli draws) comes
+        from ``generator`` when given, else from ``torch.Generator().manual_seed(seed)``.
+        The same seed gives the same run on the same machine and thread count.
+    n_monitor : int >= 1
+        Size of the fixed monitoring subset (evenly spaced training rows) used
+        by the per-epoch metrics.
+    pll : {"auto", "exact", "stochastic"}
+        Pseudo-log-likelihood in the history: exact (``n_visible`` free-energy
+        evaluations per image) or one random bit per image scaled by
+        ``n_visible``; the bits are drawn once (fixed seed, independent of the
+        training stream) so that epochs are compared on the same bits.
+        ``"auto"``: exact when ``n_visible <= 64``.
+    progress : bool
+        Show a ``tqdm.auto`` progress bar.
+
+    Returns
+    -------
+    TrainHistory
+        dict of per-epoch lists (one entry per epoch, measured after the epoch):
+
+        ``"epoch"``: 1, 2, ...;
+        ``"recon_error"``: mean squared error **per pixel** between the monitoring
+        images and their mean-field reconstruction ``sigmoid(a + W sigmoid(b + x W))``
+        (a number in [0, 1]);
+        ``"pseudo_log_likelihood"``: mean over the monitoring images, nats per image
+        (see :func:`pseudo_log_likelihood`: not the likelihood);
+        ``"free_energy_gap"``: mean F(x_valid) - mean F(x_train), nats, over
+        ``min(n_monitor, len(x_valid))`` images of each (``None`` without
+        ``x_valid``); growing values signal overfitting;
+        ``"epoch_time"``: seconds spent in the parameter updates of the epoch
+        (the metrics excluded).
+
+        ``history.chains`` holds the final PCD chains.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments or data (non-binary, wrong shape, NaN).
+    FloatingPointError
+        The parameters became NaN or infinite (learning rate too large). The
+        message gives the epoch and batch; nothing is adjusted silently and the
+        model keeps its non-finite parameters.
+    """
+    from tqdm.auto import tqdm
+
+    if method not in ("cd", "pcd"):
+        raise ValueError(f"method must be 'cd' or 'pcd', got {method!r}")
+    if pll not in ("auto", "exact", "stochastic"):
+        raise ValueError(f"pll must be 'auto', 'exact' or 'stochastic', got {pll!r}")
+    _check_int("k", k, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("n_epochs", n_epochs, 1)
+    _check_int("n_chains", n_chains, 1)
+    _check_int("n_monitor", n_monitor, 1)
+    _check_finite_settings(lr=(lr, 0, False, math.inf, False), momentum=(momentum, 0, True, 1, False),
+                           weight_decay=(weight_decay, 0, True, math.inf, False))
+    x_train = rbm.check_visible(x_train)
+    n = x_train.shape[0]
+    if n == 0:
+        raise ValueError("x_train is empty")
+    if x_valid is not None:
+        x_valid = rbm.check_visible(x_valid)
+        if x_valid.shape[0] == 0:
+            raise ValueError("x_valid is empty")
+    if generator is None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int (or pass generator=...), got {seed!r}")
+        generator = torch.Generator(device=rbm.device).manual_seed(seed)
+    gen = generator
+    dev, dt = rbm.device, rbm.dtype
+    M, N = rbm.n_visible, rbm.n_hidden
+    B = min(batch_size, n)
+    W, a, b = rbm.W, rbm.a, rbm.b  # the model's own tensors: updated in place
+
+    # Persistent chains (PCD) or the CD negative buffer.
+    if method == "pcd":
+        if chains is None:
+            p_on = torch.sigmoid(base_rate_visible_bias(x_train, dtype=dt))
+            chains = _bernoulli(p_on.expand(n_chains, M).contiguous(), gen)
+        else:
+            chains = rbm.check_visible(chains).clone()
+        x_neg_buf = chains
+    elif chains is not None:
+        raise ValueError("chains is only used with method='pcd'")
+    else:
+        x_neg_buf = torch.empty(B, M, dtype=dt, device=dev)
+    C = x_neg_buf.shape[0]
+
+    # Preallocated buffers: nothing is allocated inside the loop.
+    empty = lambda *s: torch.empty(*s, dtype=dt, device=dev)  # noqa: E731
+    xb_buf, ph_pos_buf = empty(B, M), empty(B, N)
+    ph_neg_buf, h_buf, rh_buf = empty(max(B, C), N), empty(max(B, C), N), empty(max(B, C), N)
+    px_buf, rx_buf = empty(max(B, C), M), empty(max(B, C), M)
+    vW, va, vb = torch.zeros_like(W), torch.zeros_like(a), torch.zeros_like(b)
+
+    def sample_(p, rnd, out):  # out = 1.0 where U(0,1) < p, independently per entry
+        torch.rand(p.shape, generator=gen, out=rnd)
+        return torch.lt(rnd, p, out=out)
+
+    # Monitoring: a fixed subset, fixed PLL bits (own generator: training stream untouched).
+    mon_idx = torch.linspace(0, n - 1, min(n_monitor, n)).round().long().to(dev)
+    x_mon = x_train[mon_idx]
+    use_exact_pll = pll == "exact" or (pll == "auto" and M <= 64)
+    pll_bits = None if use_exact_pll else torch.randint(
+        M, (x_mon.shape[0],), generator=torch.Generator().manual_seed(12345)).to(dev)
+    if x_valid is not None:
+        n_gap = min(n_monitor, x_valid.shape[0], n)
+        x_gap_valid, x_gap_train = x_valid[:n_gap], x_mon[:n_gap]
+
+    history = TrainHistory(epoch=[], recon_error=[], pseudo_log_likelihood=[], free_energy_gap=[], epoch_time=[])
+    history.settings = dict(method=method, k=k, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                            batch_size=batch_size, n_epochs=n_epochs, n_chains=C if method == "pcd" else None,
+                            n_monitor=x_mon.shape[0], pll="exact" if use_exact_pll else "stochastic")
+    n_batches = (n + B - 1) // B
+    bar = tqdm(total=n_epochs * n_batches, unit="batch", desc=f"{method.upper()}-{k}", disable=not progress)
+    order = torch.arange(n, device=dev)
+    with torch.no_grad():
+        for epoch in range(1, n_epochs + 1):
+            t0 = time.perf_counter()
+            if shuffle:
+                order = torch.randperm(n, generator=gen, device=gen.device).to(dev)
+            for batch, start in enumerate(range(0, n, B), 1):
+                idx = order[start:start + B]
+                m = idx.shape[0]
+                xb = torch.index_select(x_train, 0, idx, out=xb_buf[:m])
+                # positive phase: p(h | x) for the batch
+                ph_pos = torch.addmm(b, xb, W, out=ph_pos_buf[:m]).sigmoid_()
+                # negative phase: k block-Gibbs sweeps from the batch (CD) or the chains (PCD)
+                c = m if method == "cd" else C
+                x_neg, h, ph_neg = x_neg_buf[:c], h_buf[:c], ph_neg_buf[:c]
+                if method == "cd":
+                    sample_(ph_pos, rh_buf[:c], h)
+                else:
+                    sample_(torch.addmm(b, x_neg, W, out=ph_neg).sigmoid_(), rh_buf[:c], h)
+                for sweep in range(k):
+                    px = torch.addmm(a, h, W.T, out=px_buf[:c]).sigmoid_()
+                    sample_(px, rx_buf[:c], x_neg)
+                    if sweep < k - 1:
+                        sample_(torch.addmm(b, x_neg, W, out=ph_neg).sigmoid_(), rh_buf[:c], h)
+                torch.addmm(b, x_neg, W, out=ph_neg).sigmoid_()
+                # parameter updates (gradient ascent on the log-likelihood)
+                vW.addmm_(xb.T, ph_pos, beta=momentum, alpha=lr / m)
+                vW.addmm_(x_neg.T, ph_neg, alpha=-lr / c)
+                if weight_decay:
+                    vW.add_(W, alpha=-lr * weight_decay)
+                W.add_(vW)
+                va.mul_(momentum).add_(xb.sum(0), alpha=lr / m).add_(x_neg.sum(0), alpha=-lr / c)
+                vb.mul_(momentum).add_(ph_pos.sum(0), alpha=lr / m).add_(ph_neg.sum(0), alpha=-lr / c)
+                a.add_(va)
+                b.add_(vb)
+                # one cheap reduction per batch; float64 so that no finite float32 values overflow it
+                if not math.isfinite(sum(float(t.sum(dtype=torch.float64)) for t in (W, a, b))):
+                    bar.close()
+                    raise FloatingPointError(
+                        f"RBM training diverged at epoch {epoch}, batch {batch} of {n_batches}: the parameters "
+                        f"became NaN or infinite with lr={lr}. Try a smaller learning rate (e.g. lr={lr / 10:g}); "
+                        "the model keeps the non-finite values.")
+                bar.update(1)
+            history["epoch_time"].append(time.perf_counter() - t0)
+            history["epoch"].append(epoch)
+            recon = torch.sigmoid(torch.sigmoid(x_mon @ W + b) @ W.T + a)
+            history["recon_error"].append(float(((x_mon - recon) ** 2).mean()))
+            if use_exact_pll:
+                pl = _pll_bits(rbm, x_mon)
+            else:
+                pl = M * _pll_bits(rbm, x_mon, pll_bits)
+            history["pseudo_log_likelihood"].append(float(pl.mean()))
+            history["free_energy_gap"].append(
+                None if x_valid is None
+                else float(rbm._free_energy(x_gap_valid).mean() - rbm._free_energy(x_gap_train).mean()))
+            bar.set_postfix(recon=f"{history['recon_error'][-1]:.4f}",
+                            pll=f"{history['pseudo_log_likelihood'][-1]:.1f}")
+    bar.close()
+    history.chains = chains.clone() if method == "pcd" else None
+    return history
