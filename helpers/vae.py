@@ -620,8 +620,8 @@ def train_vae(model: VAE, x_train, x_test=None, *, n_epochs: int, batch_size: in
     x_test = None if x_test is None else x_test.to(device)
 
     path = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic_binarization)
     if path is not None:
+        fingerprint = _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic_binarization)
         history = _try_load(model, path, fingerprint)
         if history is not None:
             return history
