@@ -219,7 +219,9 @@ _ONEDNN_OK: bool | None = None  # decided on first use: does oneDNN's fused line
 
 
 def _onednn_linear_sigmoid(inp, weight, bias):
-    return torch.ops.mkldnn._linear_pointwise(inp, weight, bias, "sigmoid", [], "")
+    # oneDNN silently misreads a strided bias: every argument goes in contiguous (a no-op when it is)
+    return torch.ops.mkldnn._linear_pointwise(inp.contiguous(), weight.contiguous(), bias.contiguous(),
+                                              "sigmoid", [], "")
 
 
 def _addmm_sigmoid(inp, weight, bias):
@@ -259,7 +261,9 @@ def _gibbs_sweeps(x, W, a, b, n_sweeps, generator, keep_every=None):
     states stacked (n_sweeps // keep_every, n_chains, n_visible).
     """
     lin = _linear_sigmoid_for(W.dtype, W.device)
-    Wt = W.T  # (n_hidden, n_visible): the hidden layer's weight in (out, in) form
+    # both weights in (out, in) form, contiguous once here rather than once per sweep
+    W, a, b, x = W.contiguous(), a.contiguous(), b.contiguous(), x.contiguous()
+    Wt = W.T.contiguous()  # (n_hidden, n_visible)
     u_h = torch.empty((x.shape[0], W.shape[1]), dtype=W.dtype, device=W.device)
     u_x = torch.empty_like(x)
     kept = None
