@@ -219,9 +219,11 @@ _ONEDNN_OK: bool | None = None  # decided on first use: does oneDNN's fused line
 
 
 def _onednn_linear_sigmoid(inp, weight, bias):
-    # oneDNN silently misreads a strided bias: every argument goes in contiguous (a no-op when it is)
-    return torch.ops.mkldnn._linear_pointwise(inp.contiguous(), weight.contiguous(), bias.contiguous(),
-                                              "sigmoid", [], "")
+    # oneDNN takes a weight that is contiguous or the transpose of a contiguous matrix (checked on
+    # first use), but silently misreads other strides, e.g. a sliced bias: those are copied first.
+    if not (weight.is_contiguous() or weight.T.is_contiguous()):
+        weight = weight.contiguous()
+    return torch.ops.mkldnn._linear_pointwise(inp.contiguous(), weight, bias.contiguous(), "sigmoid", [], "")
 
 
 def _addmm_sigmoid(inp, weight, bias):
@@ -244,9 +246,11 @@ def _linear_sigmoid_for(dtype, device):
         try:
             gen = torch.Generator().manual_seed(0)
             inp, weight, bias = (torch.randn(s, generator=gen) for s in ((7, 13), (5, 13), (5,)))
-            out = _onednn_linear_sigmoid(inp, weight, bias)
-            _ONEDNN_OK = (out.shape == (7, 5) and out.dtype == torch.float32
-                          and torch.allclose(out, _addmm_sigmoid(inp, weight, bias), atol=1e-5))
+            _ONEDNN_OK = True
+            for w in (weight, weight.T.contiguous().T):  # both weight layouts that are passed on as they are
+                out = _onednn_linear_sigmoid(inp, w, bias)
+                _ONEDNN_OK &= (out.shape == (7, 5) and out.dtype == torch.float32
+                               and torch.allclose(out, _addmm_sigmoid(inp, w, bias), atol=1e-5))
         except Exception:  # op missing in this build or on this CPU: fall back silently
             _ONEDNN_OK = False
     return _onednn_linear_sigmoid if _ONEDNN_OK else _addmm_sigmoid
@@ -261,9 +265,9 @@ def _gibbs_sweeps(x, W, a, b, n_sweeps, generator, keep_every=None):
     states stacked (n_sweeps // keep_every, n_chains, n_visible).
     """
     lin = _linear_sigmoid_for(W.dtype, W.device)
-    # both weights in (out, in) form, contiguous once here rather than once per sweep
+    # contiguous once here rather than once per sweep; W.T is then the transpose of a contiguous matrix
     W, a, b, x = W.contiguous(), a.contiguous(), b.contiguous(), x.contiguous()
-    Wt = W.T.contiguous()  # (n_hidden, n_visible)
+    Wt = W.T  # (n_hidden, n_visible): the hidden layer's weight in (out, in) form
     u_h = torch.empty((x.shape[0], W.shape[1]), dtype=W.dtype, device=W.device)
     u_x = torch.empty_like(x)
     kept = None
