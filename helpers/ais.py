@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .rbm import BernoulliRBM, base_rate_visible_bias
+from .rbm import BernoulliRBM, _resolve_threads, _torch_threads, base_rate_visible_bias
 
 __all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "log_likelihood", "base_log_partition"]
 
@@ -91,7 +91,7 @@ def _betas(n_betas, betas):
 def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None = None, *,
                       betas: torch.Tensor | None = None, base_visible_bias: torch.Tensor | None = None,
                       data: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      progress: bool = True, num_threads: int | None = 1) -> AISResult:
+                      progress: bool = True, num_threads="auto") -> AISResult:
     """Estimate log Z of ``rbm`` (nats) by annealed importance sampling from a base-rate model.
 
     Parameters
@@ -117,11 +117,12 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
         Source of all draws (on the model's device).
     progress : bool
         ``tqdm.auto`` progress bar over the betas.
-    num_threads : int or None
-        CPU threads torch may use inside the loop (restored afterwards).
-        Each step works on small tensors (``n_runs`` rows), where a second
-        thread gains little and, on a busy 2-core machine, costs a lot (threads
-        waiting for each other: more than 10x slower measured). ``None`` keeps torch's setting.
+    num_threads : "auto", None or int
+        torch CPU threads inside the loop (restored afterwards). ``"auto"``: one
+        thread when the per-step matmul is small (``n_runs * n_visible * n_hidden
+        < helpers.rbm.SMALL_MATMUL``, e.g. 100 runs of a 784 x 20 model: a second
+        thread gains little there and, on a busy 2-core machine, made AIS more
+        than 10x slower), else torch's setting; ``None``: torch's setting.
 
     Returns
     -------
@@ -155,15 +156,8 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
         a_base = torch.zeros(M, dtype=dt, device=dev)
     log_z_base = base_log_partition(N, a_base)
 
-    threads_before = torch.get_num_threads()
-    if num_threads is not None:
-        if not isinstance(num_threads, int) or num_threads < 1:
-            raise ValueError(f"num_threads must be an int >= 1 or None, got {num_threads!r}")
-        torch.set_num_threads(num_threads)
-    try:
+    with _torch_threads(_resolve_threads(num_threads, n_runs * M * N)):
         log_w = _anneal(rbm, a_base, schedule, n_runs, generator, progress)
-    finally:
-        torch.set_num_threads(threads_before)
     log_mean_w = torch.logsumexp(log_w, 0).item() - math.log(n_runs)
     w = torch.exp(log_w - log_w.max())  # scaled weights in (0, 1], the largest is 1
     ess = float(w.sum() ** 2 / (w ** 2).sum())

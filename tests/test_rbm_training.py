@@ -248,6 +248,26 @@ def test_training_raises_the_exact_log_likelihood(method, k):
         assert hist.chains is None
 
 
+def test_history_metrics_match_direct_computations():
+    x, x_valid = toy_data(80), toy_data(30, seed=1)
+    rbm = BernoulliRBM(6, 4, seed=0, dtype=D)
+    hist = train_rbm(rbm, x, x_valid, lr=0.1, n_epochs=2, batch_size=10, n_monitor=1000, progress=False)
+    # the monitoring subset is every training row here (n_monitor >= len(x))
+    recon = torch.sigmoid(rbm.prob_h_given_x(x) @ rbm.W.T + rbm.a)
+    assert hist["recon_error"][-1] == pytest.approx(((x - recon) ** 2).mean().item(), abs=1e-12)
+    assert hist["pseudo_log_likelihood"][-1] == pytest.approx(pseudo_log_likelihood(rbm, x).mean().item(),
+                                                              abs=1e-10)
+    gap = rbm.free_energy(x_valid).mean() - rbm.free_energy(x[:30]).mean()
+    assert hist["free_energy_gap"][-1] == pytest.approx(gap.item(), abs=1e-10)
+    # stochastic monitoring: M times one fixed random bit per image
+    wide = torch.cat([x, 1 - x], 1)
+    rbm12 = BernoulliRBM(12, 3, seed=0, dtype=D)
+    hist = train_rbm(rbm12, wide, lr=0.1, n_epochs=1, pll="stochastic", progress=False)
+    from helpers.rbm import _pll_bits
+    bits = torch.randint(12, (80,), generator=torch.Generator().manual_seed(12345))
+    assert hist["pseudo_log_likelihood"][0] == pytest.approx(12 * _pll_bits(rbm12, wide, bits).mean().item())
+
+
 def test_one_full_batch_step_equals_lr_times_cd_gradient():
     """The fast training loop draws the same numbers as cd_gradient: one update with
     momentum 0 and no weight decay is exactly lr times the CD / PCD gradient."""
@@ -317,6 +337,17 @@ def test_pcd_chains_continue_across_calls():
         train_rbm(rbm, x, method="cd", chains=start, progress=False)
 
 
+def test_thread_setting_is_restored():
+    before = torch.get_num_threads()
+    x = toy_data(20).float()
+    for setting in ("auto", None, 1):
+        train_rbm(BernoulliRBM(6, 4, seed=0), x, n_epochs=1, progress=False, num_threads=setting)
+        assert torch.get_num_threads() == before
+    with pytest.raises(FloatingPointError):
+        train_rbm(BernoulliRBM(6, 4, seed=0), x, lr=1e38, momentum=0.9, batch_size=2, progress=False)
+    assert torch.get_num_threads() == before
+
+
 def test_stochastic_monitoring_for_wide_models():
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(50, 80, generator=gen) < 0.3).float()
@@ -344,6 +375,7 @@ def test_divergence_raises_floating_point_error():
     (dict(method="sgd"), "method must be 'cd' or 'pcd'"),
     (dict(method="pcd", n_chains=0), "n_chains must be"),
     (dict(seed=-1), "seed must be"),
+    (dict(num_threads=0), "num_threads must be"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
