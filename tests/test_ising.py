@@ -21,6 +21,16 @@ from helpers import ising
 from helpers.mcmc import integrated_autocorrelation_time
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tensors here are small: with one thread no time goes to OpenMP hand-offs, which dominate
+    (3-10x slower) when the two cores of a CI machine are busy with other work. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- exact enumeration
 def brute_force(L, T):
     """Every configuration with explicit neighbour loops; each site couples to its right and lower neighbour."""
