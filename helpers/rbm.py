@@ -13,6 +13,12 @@ Everything is in nats (natural logarithms). Batches are rows: ``x`` has shape
 ``(batch, n_visible)``. The exact functions enumerate the smaller layer, so
 they are for small models (see :data:`MAX_EXACT_UNITS`); larger models need
 sampling (week 11).
+
+Training (week 11): :func:`cd_gradient` (CD-k and PCD-k estimates in the layout of
+:meth:`BernoulliRBM.exact_gradient`), :func:`cd_loss` (the same as a free-energy
+loss for autograd, negatives detached), :func:`pseudo_log_likelihood`,
+:func:`base_rate_visible_bias` and the fast minibatch loop :func:`train_rbm`.
+Log Z of large models by annealed importance sampling: :mod:`helpers.ais`.
 """
 from __future__ import annotations
 
@@ -350,12 +356,15 @@ def gibbs_sweeps(rbm, x, k: int = 1, generator: torch.Generator | None = None):
 
     Every unit of every row is an independent Bernoulli draw. Returns the new
     visible states, shape ``(batch, n_visible)``, binary, in the model's dtype.
+    Small problems run on one CPU thread (see :data:`SMALL_MATMUL`); so do
+    :func:`cd_gradient` and :func:`pseudo_log_likelihood`.
     """
     x = rbm.check_visible(x)
     _check_int("k", k, 1)
-    for _ in range(k):
-        h = _bernoulli(torch.sigmoid(x @ rbm.W + rbm.b), generator)
-        x = _bernoulli(torch.sigmoid(h @ rbm.W.T + rbm.a), generator)
+    with _torch_threads(_resolve_threads("auto", x.shape[0] * rbm.n_visible * rbm.n_hidden)):
+        for _ in range(k):
+            h = _bernoulli(torch.sigmoid(x @ rbm.W + rbm.b), generator)
+            x = _bernoulli(torch.sigmoid(h @ rbm.W.T + rbm.a), generator)
     return x
 
 
@@ -403,7 +412,8 @@ def cd_gradient(rbm, x, k: int = 1, generator: torch.Generator | None = None, ch
     x_neg = gibbs_sweeps(rbm, start, k, generator)
     if chains is not None:
         chains.copy_(x_neg)
-    pos, neg = _statistics(rbm, x), _statistics(rbm, x_neg)
+    with _torch_threads(_resolve_threads("auto", max(len(x), len(x_neg)) * rbm.n_visible * rbm.n_hidden)):
+        pos, neg = _statistics(rbm, x), _statistics(rbm, x_neg)
     return {name: pos[name] - neg[name] for name in pos}, x_neg
 
 
@@ -538,10 +548,10 @@ def pseudo_log_likelihood(rbm, x, *, stochastic: bool = False, generator: torch.
     Tensor (B,), nats per row (always <= 0).
     """
     x = rbm.check_visible(x)
-    if not stochastic:
-        return _pll_bits(rbm, x)
-    bits = torch.randint(rbm.n_visible, (x.shape[0],), generator=generator).to(x.device)
-    return rbm.n_visible * _pll_bits(rbm, x, bits)
+    if stochastic:
+        bits = torch.randint(rbm.n_visible, (x.shape[0],), generator=generator).to(x.device)
+    with _torch_threads(_resolve_threads("auto", x.shape[0] * rbm.n_visible * rbm.n_hidden)):
+        return _pll_bits(rbm, x) if not stochastic else rbm.n_visible * _pll_bits(rbm, x, bits)
 
 
 # ---------------------------------------------------------------------- training loop
@@ -642,9 +652,10 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
         (a number in [0, 1]);
         ``"pseudo_log_likelihood"``: mean over the monitoring images, nats per image
         (see :func:`pseudo_log_likelihood`: not the likelihood);
-        ``"free_energy_gap"``: mean F(x_valid) - mean F(x_train), nats, over
-        ``min(n_monitor, len(x_valid))`` images of each (``None`` without
-        ``x_valid``); growing values signal overfitting;
+        ``"free_energy_gap"``: mean F(x_valid) - mean F(x_train), nats, over the
+        first ``min(n_monitor, len(x_valid), len(x_train))`` validation and
+        monitoring images (``None`` without ``x_valid``); a growing gap signals
+        overfitting;
         ``"epoch_time"``: seconds spent in the parameter updates of the epoch
         (the metrics excluded).
 
