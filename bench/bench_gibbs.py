@@ -13,12 +13,12 @@ Compares Gibbs sweeps per second (one sweep: x -> h ~ p(h|x) -> x ~ p(x|h),
 
 Both do the same work: two dense float32 matrix products, two sigmoids and one
 uniform random number per unit per sweep. The script first checks that the two
-models compute the same p(h | x), then times each sampler with 1 thread and with
-the default number of threads (torch.set_num_threads and threadpoolctl for
-numpy's BLAS), best of several repetitions because the machine may be shared.
-It also times helpers.mcmc with its float32 oneDNN kernel switched off
-(plain torch.addmm), to show where the speed comes from. Goal: at least 1.5x
-scikit-learn.
+models compute the same p(h | x), then times each sampler with 1 thread and
+with the default number of threads (torch.set_num_threads and threadpoolctl
+for numpy's BLAS), best of several rounds in which the samplers take turns,
+because the machine may be shared. It also times helpers.mcmc with its float32
+oneDNN kernel switched off (plain torch.addmm), to show where the speed comes
+from. Goal: at least 1.5x scikit-learn.
 """
 import math
 import time
@@ -35,13 +35,16 @@ N_VISIBLE, N_HIDDEN, N_CHAINS, N_SWEEPS, REPEAT = 784, 500, 100, 100, 5
 GOAL = 1.5
 
 
-def best_sweeps_per_second(run):
-    best = math.inf
+def best_sweeps_per_second(runs):
+    """Sweeps per second of each function in ``runs``, best of REPEAT rounds. The functions take
+    turns within each round, so a change in the machine's load hits all of them alike."""
+    best = [math.inf] * len(runs)
     for _ in range(REPEAT):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return N_SWEEPS / best
+        for i, run in enumerate(runs):
+            t0 = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return [N_SWEEPS / t for t in best]
 
 
 def main():
@@ -76,6 +79,14 @@ def main():
         for _ in range(N_SWEEPS):
             chains.step()
 
+    def run_gibbs_addmm():  # the same with the plain torch.addmm kernel
+        saved = mcmc._ONEDNN_OK
+        mcmc._ONEDNN_OK = False
+        try:
+            return mcmc.gibbs_sample(rbm, x0, N_SWEEPS, generator=gen)
+        finally:
+            mcmc._ONEDNN_OK = saved
+
     default_threads = torch.get_num_threads()
     kernel = "oneDNN fused linear+sigmoid" if mcmc._linear_sigmoid_for(torch.float32, torch.device("cpu")) \
         is mcmc._onednn_linear_sigmoid else "torch.addmm"
@@ -85,16 +96,9 @@ def main():
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
         with threadpool_limits(limits=threads):
-            run_sklearn(), run_gibbs_sample(), run_persistent()  # warm-up
-            sk_rate = best_sweeps_per_second(run_sklearn)
-            gs_rate = best_sweeps_per_second(run_gibbs_sample)
-            pc_rate = best_sweeps_per_second(run_persistent)
-            saved = mcmc._ONEDNN_OK
-            mcmc._ONEDNN_OK = False
-            try:
-                addmm_rate = best_sweeps_per_second(run_gibbs_sample)
-            finally:
-                mcmc._ONEDNN_OK = saved
+            run_sklearn(), run_gibbs_sample(), run_persistent(), run_gibbs_addmm()  # warm-up
+            sk_rate, gs_rate, pc_rate, addmm_rate = best_sweeps_per_second(
+                [run_sklearn, run_gibbs_sample, run_persistent, run_gibbs_addmm])
         ratio = min(gs_rate, pc_rate) / sk_rate
         print(f"  {threads} thread(s): scikit-learn gibbs {sk_rate:7.0f}/s | gibbs_sample {gs_rate:7.0f}/s "
               f"({gs_rate / sk_rate:.2f}x) | PersistentChains.step {pc_rate:7.0f}/s ({pc_rate / sk_rate:.2f}x) "
