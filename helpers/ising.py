@@ -42,6 +42,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ._validate import check_count as _check_count, check_generator as _check_generator
+
 __all__ = [
     "T_CRITICAL", "random_spins", "metropolis_sweeps", "wolff_updates",
     "energy_per_spin", "magnetization", "abs_magnetization", "specific_heat", "susceptibility",
@@ -57,17 +59,6 @@ MAX_EXACT_L = 4
 
 
 # ============================================================================ input checks
-def _check_count(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} "
-                        "(make one with torch.Generator().manual_seed(seed))")
-    return generator
 
 
 def _check_lattices(spins, need_even=False):

@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
+from ._validate import check_count as _check_count, check_generator as _check_generator
+
 __all__ = [
     "MHResult", "metropolis_hastings", "gaussian_proposal", "flip_one_bit_proposal",
     "gibbs_sample", "PersistentChains",
@@ -34,17 +36,6 @@ __all__ = [
 ]
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} "
-                        "(make one with torch.Generator().manual_seed(seed))")
-    return generator
 
 
 # ============================================================================ Metropolis-Hastings

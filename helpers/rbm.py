@@ -29,6 +29,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ._validate import check_count as _check_int
+from .mcmc import gibbs_sample
+
 #: The exact functions enumerate 2**k states of the smaller layer (k units);
 #: above this k they refuse (2**24 states take about a minute on 2 CPU cores
 #: for a 784-visible model).
@@ -299,10 +302,6 @@ class BernoulliRBM:
 # same expectation) and sample every unit of every row independently.
 
 
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 #: "auto" threading: loops whose matmuls are smaller than this many multiply-adds
@@ -356,16 +355,14 @@ def gibbs_sweeps(rbm, x, k: int = 1, generator: torch.Generator | None = None):
 
     Every unit of every row is an independent Bernoulli draw. Returns the new
     visible states, shape ``(batch, n_visible)``, binary, in the model's dtype.
-    Small problems run on one CPU thread (see :data:`SMALL_MATMUL`); so do
-    :func:`cd_gradient` and :func:`pseudo_log_likelihood`.
+    The sampler is :func:`helpers.mcmc.gibbs_sample` (one implementation of
+    block Gibbs in the course); small problems run on one CPU thread (see
+    :data:`SMALL_MATMUL`), as do :func:`cd_gradient` and :func:`pseudo_log_likelihood`.
     """
     x = rbm.check_visible(x)
     _check_int("k", k, 1)
     with _torch_threads(_resolve_threads("auto", x.shape[0] * rbm.n_visible * rbm.n_hidden)):
-        for _ in range(k):
-            h = _bernoulli(torch.sigmoid(x @ rbm.W + rbm.b), generator)
-            x = _bernoulli(torch.sigmoid(h @ rbm.W.T + rbm.a), generator)
-    return x
+        return gibbs_sample(rbm, x, k, generator)
 
 
 def cd_gradient(rbm, x, k: int = 1, generator: torch.Generator | None = None, chains=None):

@@ -30,3 +30,16 @@ def _fresh_data_module_state():
     d._warned.clear()
     d._download_failed.clear()
     yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's small-tensor tests on one torch thread, restored afterwards: with tiny
+    tensors no time goes to OpenMP hand-offs, which dominate (3-10x slower) when the two cores
+    of a CI machine are busy with other work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

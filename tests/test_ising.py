@@ -21,14 +21,7 @@ from helpers import ising
 from helpers.mcmc import integrated_autocorrelation_time
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tensors here are small: with one thread no time goes to OpenMP hand-offs, which dominate
-    (3-10x slower) when the two cores of a CI machine are busy with other work. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- exact enumeration

@@ -19,13 +19,7 @@ from helpers.vae import (ELBO, ConvDecoder, ConvEncoder, GaussianLikelihood, MLP
                          train_vae)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine is shared; one thread avoids OpenMP contention and is faster here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gen(seed):
