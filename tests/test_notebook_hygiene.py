@@ -1,0 +1,77 @@
+"""Committed notebooks are clean and follow the course's shape.
+
+* no outputs and no execution counts (the notebooks are run by nbval and by
+  `python -m helpers.course render`, never committed executed);
+* the standard kernelspec (python3), so every JupyterLab opens them the same way;
+* a title cell: '# Week NN — ...', what it teaches, how long it takes (with a number);
+* a setup cell that prints the seed it uses;
+* exercises at the end;
+* no IPython magics (tests execute code cells as plain Python).
+"""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("week*/*.ipynb"))
+IDS = [f"{p.parent.name}/{p.name}" for p in NOTEBOOKS]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found under notebooks/week*/"
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=IDS)
+def nb(request):
+    return request.param, nbformat.read(request.param, as_version=4)
+
+
+def test_no_outputs(nb):
+    path, notebook = nb
+    dirty = [i for i, c in enumerate(notebook.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, (f"{path.name}: code cells {dirty} carry outputs or execution counts; clear them "
+                       "(JupyterLab: Edit > Clear Outputs of All Cells) before committing")
+
+
+def test_standard_kernelspec(nb):
+    path, notebook = nb
+    spec = notebook.metadata.get("kernelspec", {})
+    assert spec.get("name") == "python3" and spec.get("language") == "python", f"{path.name}: kernelspec {spec}"
+
+
+def test_title_cell_says_what_and_how_long(nb):
+    path, notebook = nb
+    first = notebook.cells[0]
+    assert first.cell_type == "markdown", f"{path.name}: the first cell must be the Markdown title cell"
+    week = path.parent.name.removeprefix("week")
+    assert re.match(rf"# Week {int(week)}\b", first.source), f"{path.name}: title must start with '# Week {int(week)}'"
+    assert "What you will learn" in first.source, f"{path.name}: title cell lacks 'What you will learn'"
+    how_long = re.search(r"How long it takes\.?\*{0,2}(.*)", first.source, re.S)
+    assert how_long, f"{path.name}: title cell lacks 'How long it takes'"
+    assert re.search(r"\d+\s*(s\b|sec|second|min)", how_long.group(1)), \
+        f"{path.name}: 'How long it takes' gives no measured time"
+    for placeholder in ("FAST_TIME", "FULL_TIME", "TODO", "TBD"):
+        assert placeholder not in first.source, f"{path.name}: placeholder {placeholder} in the title cell"
+
+
+def test_prints_its_seed(nb):
+    path, notebook = nb
+    code = [c.source for c in notebook.cells if c.cell_type == "code"]
+    assert any(re.search(r"print\(.*seed", src, re.I) or "setup_notebook(" in src for src in code[:3]), \
+        f"{path.name}: one of the first code cells must print the seed it uses"
+
+
+def test_ends_with_exercises(nb):
+    path, notebook = nb
+    last = notebook.cells[-1]
+    assert last.cell_type == "markdown" and re.search(r"^#+\s*Exercises", last.source, re.M), \
+        f"{path.name}: the last cell must be Markdown with an 'Exercises' heading"
+
+
+def test_no_ipython_magics(nb):
+    path, notebook = nb
+    magic = [i for i, c in enumerate(notebook.cells)
+             if c.cell_type == "code" and re.search(r"^\s*[%!]", c.source, re.M)]
+    assert not magic, f"{path.name}: cells {magic} use IPython magics or shell escapes"
