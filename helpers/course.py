@@ -2,6 +2,7 @@
 
     python3 -m helpers.course lab     # set up if needed, then open the course in JupyterLab
     python3 -m helpers.course test    # set up if needed, then run every test and notebook (fast mode)
+    python3 -m helpers.course render  # execute every notebook in full mode, write HTML to build/html/
 
 "Set up" means: create the virtual environment ``.venv`` (or ``$COURSE_VENV``)
 next to this repository when it is missing, and ``pip install -r
@@ -56,9 +57,35 @@ def ensure_environment() -> Path:
     return python
 
 
+def render(python: Path, notebooks: list[str]) -> int:
+    """Execute notebooks (all by default) top to bottom in a fresh kernel and write
+    readable HTML copies to build/html/weekNN/. Full mode unless COURSE_FAST is set."""
+    import time
+
+    paths = [Path(n).resolve() for n in notebooks] or sorted((ROOT / "notebooks").glob("week*/*.ipynb"))
+    env = dict(os.environ)
+    env.setdefault("COURSE_FAST", "0")
+    failed, start = [], time.perf_counter()
+    for nb in paths:
+        out = ROOT / "build" / "html" / nb.parent.name
+        t0 = time.perf_counter()
+        print(f"[course] rendering {nb.relative_to(ROOT)} (COURSE_FAST={env['COURSE_FAST']})", flush=True)
+        rc = subprocess.run([str(python), "-m", "jupyter", "nbconvert", "--to", "html", "--execute",
+                             "--ExecutePreprocessor.timeout=1800", "--ExecutePreprocessor.kernel_name=python3",
+                             "--output-dir", str(out), str(nb)], cwd=nb.parent, env=env).returncode
+        status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        print(f"[course] {nb.name}: {status} in {time.perf_counter() - t0:.0f} s -> {out / (nb.stem + '.html')}",
+              flush=True)
+        if rc:
+            failed.append(nb.name)
+    print(f"[course] rendered {len(paths) - len(failed)} of {len(paths)} notebooks in "
+          f"{time.perf_counter() - start:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("lab", "test", "setup"):
+    if not argv or argv[0] not in ("lab", "test", "render", "setup"):
         print(__doc__)
         return 2
     command, extra = argv[0], argv[1:]
@@ -69,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if command == "setup":
         return 0
+    if command == "render":
+        return render(python, extra)
     if command == "lab":
         cmd = [str(python), "-m", "jupyterlab", str(ROOT / "notebooks"), *extra]
         if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
