@@ -29,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from . import checkpoint as checkpoint_io
 from ._validate import check_count as _check_int
 from .mcmc import gibbs_sample
 
@@ -552,6 +553,9 @@ def pseudo_log_likelihood(rbm, x, *, stochastic: bool = False, generator: torch.
 
 
 # ---------------------------------------------------------------------- training loop
+_CHECKPOINT_FORMAT = "helpers.rbm checkpoint 1"
+
+
 class TrainHistory(dict):
     """What :func:`train_rbm` returns: a dict of per-epoch lists (so
     ``pandas.DataFrame(history)`` works) with two attributes:
@@ -578,7 +582,7 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
               momentum: float = 0.5, weight_decay: float = 1e-4, batch_size: int = 100, n_epochs: int = 10,
               n_chains: int = 100, chains=None, shuffle: bool = True, seed: int | None = 0,
               generator: torch.Generator | None = None, n_monitor: int = 1000, pll: str = "auto",
-              progress: bool = True, num_threads="auto"):
+              progress: bool = True, num_threads="auto", checkpoint=None):
     """Train ``rbm`` in place by minibatch CD-k or PCD-k with momentum and weight decay.
 
     Per minibatch of ``n`` rows (the last one may be smaller) with CD/PCD
@@ -638,6 +642,14 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
         n_hidden < SMALL_MATMUL``, e.g. a 784 x 20 model), torch's setting
         otherwise (e.g. 784 x 500); ``None``: torch's setting.
 
+    checkpoint : path, optional
+        Save the trained ``W``, ``a``, ``b`` (and PCD chains) with the history
+        there; on a later call with the same configuration (model size and
+        initial weights, data, seed or generator state, every setting) load
+        them instead of training, with a message. Stale, corrupted or unsafe
+        files are ignored with a message and overwritten; nothing in the file
+        is ever executed (see :mod:`helpers.checkpoint`).
+
     Returns
     -------
     TrainHistory
@@ -695,6 +707,25 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
     gen = generator
     dev, dt = rbm.device, rbm.dtype
     M, N = rbm.n_visible, rbm.n_hidden
+    if checkpoint is not None:
+        fingerprint = {
+            "model": f"BernoulliRBM({M}, {N}, {dt})", "initial_weights": checkpoint_io.digest(rbm.W, rbm.a, rbm.b),
+            "x_train": checkpoint_io.digest(x_train),
+            "x_valid": "none" if x_valid is None else checkpoint_io.digest(x_valid),
+            "chains": "none" if chains is None else checkpoint_io.digest(chains),
+            "generator": checkpoint_io.digest(gen.get_state()), "method": method, "k": k, "lr": float(lr),
+            "momentum": float(momentum), "weight_decay": float(weight_decay), "batch_size": batch_size,
+            "n_epochs": n_epochs, "n_chains": n_chains, "shuffle": bool(shuffle), "n_monitor": n_monitor,
+            "pll": pll}
+        stored = checkpoint_io.load(checkpoint, fingerprint, _CHECKPOINT_FORMAT, map_location=dev)
+        if stored is not None:
+            state, saved = stored
+            with torch.no_grad():
+                for name in ("W", "a", "b"):
+                    getattr(rbm, name).copy_(state[name])
+            history = TrainHistory(saved["history"])
+            history.settings, history.chains = saved["settings"], state.get("chains")
+            return history
     B = min(batch_size, n)
     threads = _resolve_threads(num_threads, B * M * N)
     W, a, b = rbm.W, rbm.a, rbm.b  # the model's own tensors: updated in place
@@ -802,4 +833,10 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
                             pll=f"{history['pseudo_log_likelihood'][-1]:.1f}")
     bar.close()
     history.chains = chains.clone() if method == "pcd" else None
+    if checkpoint is not None:
+        state = {"W": W.detach().clone(), "a": a.detach().clone(), "b": b.detach().clone()}
+        if history.chains is not None:
+            state["chains"] = history.chains
+        checkpoint_io.save(checkpoint, fingerprint, _CHECKPOINT_FORMAT, state,
+                           {"history": dict(history), "settings": history.settings})
     return history

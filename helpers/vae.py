@@ -23,9 +23,7 @@ so the same seed gives bitwise identical results on the CPU.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +31,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import checkpoint as checkpoint_io
 
 #: MNIST image shape (channels, height, width) expected by the convolutional encoder.
 IMAGE_SHAPE = (1, 28, 28)
@@ -462,69 +462,20 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
 
 
 # ---------------------------------------------------------------------- training
-def _digest(*tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
 def _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic_binarization) -> dict:
     """Everything that determines the trained weights, as plain strings and numbers."""
     state = model.state_dict()
     return {
         "architecture": repr(model),
-        "initial_weights": _digest(*(state[k] for k in sorted(state))),
-        "x_train": f"{tuple(x_train.shape)} {x_train.dtype} {_digest(x_train)}",
-        "x_test": "none" if x_test is None else f"{tuple(x_test.shape)} {x_test.dtype} {_digest(x_test)}",
+        "initial_weights": checkpoint_io.digest(*(state[k] for k in sorted(state))),
+        "x_train": f"{tuple(x_train.shape)} {x_train.dtype} {checkpoint_io.digest(x_train)}",
+        "x_test": "none" if x_test is None else f"{tuple(x_test.shape)} {x_test.dtype} {checkpoint_io.digest(x_test)}",
         "n_epochs": n_epochs, "batch_size": batch_size, "lr": float(lr), "seed": seed,
         "dynamic_binarization": bool(dynamic_binarization),
     }
 
 
-_CHECKPOINT_FORMAT = "helpers.vae checkpoint 1"
-
-
-def _try_load(model, path: Path, fingerprint: dict):
-    """The history stored at ``path`` after loading its weights into ``model``, or
-    None (with a printed reason) when the file is missing, unsafe, corrupted or stale.
-
-    ``weights_only=True`` lets the unpickler build only tensors and plain
-    containers, so a file holding pickled code raises instead of running it.
-    """
-    if not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    except Exception as err:  # unsafe pickle (UnpicklingError), not a torch file, truncated zip, ...
-        reason = " ".join(str(err).split())[:200]
-        print(f"Checkpoint {path} could not be loaded safely ({type(err).__name__}: {reason}); "
-              "ignoring it: training again and overwriting it.")
-        return None
-    if not (isinstance(ckpt, dict) and ckpt.get("format") == _CHECKPOINT_FORMAT
-            and {"fingerprint", "state_dict", "history"} <= ckpt.keys()):
-        print(f"Checkpoint {path} is not a helpers.vae checkpoint; training again and overwriting it.")
-        return None
-    old = ckpt["fingerprint"]
-    changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-    if changed:
-        print(f"Checkpoint {path} was made with a different configuration (differs in: {', '.join(changed)}); "
-              "training again and overwriting it.")
-        return None
-    model.load_state_dict(ckpt["state_dict"])
-    print(f"Loaded the trained weights from {path} (same configuration: architecture, data, seed, "
-          f"{fingerprint['n_epochs']} epochs, lr, batch size); not training. Delete the file to retrain.")
-    return ckpt["history"]
-
-
-def _save(model, path: Path, fingerprint: dict, history: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": _CHECKPOINT_FORMAT, "fingerprint": fingerprint,
-                "state_dict": model.state_dict(), "history": history}, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves half a file behind
+_CHECKPOINT_FORMAT = "helpers.vae checkpoint 2"
 
 
 def _is_binary(x):
@@ -622,9 +573,11 @@ def train_vae(model: VAE, x_train, x_test=None, *, n_epochs: int, batch_size: in
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None:
         fingerprint = _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic_binarization)
-        history = _try_load(model, path, fingerprint)
-        if history is not None:
-            return history
+        stored = checkpoint_io.load(path, fingerprint, _CHECKPOINT_FORMAT, map_location=device)
+        if stored is not None:
+            model.load_state_dict(stored[0])
+            model.eval()
+            return stored[1]
 
     gen = torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -685,5 +638,5 @@ def train_vae(model: VAE, x_train, x_test=None, *, n_epochs: int, batch_size: in
         bar.close()
     model.eval()
     if path is not None:
-        _save(model, path, fingerprint, history)
+        checkpoint_io.save(path, fingerprint, _CHECKPOINT_FORMAT, model.state_dict(), history)
     return history

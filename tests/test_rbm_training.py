@@ -390,3 +390,42 @@ def test_bad_data_raise():
         train_rbm(rbm, torch.zeros(10, 5), progress=False)
     with pytest.raises(ValueError, match="binary"):
         train_rbm(rbm, torch.zeros(10, 6), x_valid=torch.full((3, 6), 0.3), progress=False)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def test_train_rbm_checkpoint_loads_same_configuration_and_retrains_stale(tmp_path, capsys):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.bernoulli(torch.full((64, 12), 0.3), generator=gen)
+    path = tmp_path / "rbm.pt"
+
+    def run(**kw):
+        rbm = BernoulliRBM(12, 5, seed=1)
+        hist = train_rbm(rbm, x, method="pcd", n_chains=8, batch_size=16, n_epochs=2, progress=False,
+                         checkpoint=path, **kw)
+        return rbm, hist
+
+    rbm1, h1 = run()
+    assert path.exists() and "Loaded" not in capsys.readouterr().out
+    rbm2, h2 = run()
+    assert "Loaded the trained weights" in capsys.readouterr().out
+    for name in ("W", "a", "b"):
+        assert torch.equal(getattr(rbm1, name), getattr(rbm2, name))
+    assert dict(h1) == dict(h2) and torch.equal(h1.chains, h2.chains) and h1.settings == h2.settings
+    run(lr=0.01)
+    assert "differs in: lr" in capsys.readouterr().out
+
+
+def test_train_rbm_checkpoint_never_executes_pickled_code(tmp_path, capsys):
+    import pickle
+
+    marker, path = tmp_path / "pwned", tmp_path / "rbm.pt"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    path.write_bytes(pickle.dumps({"format": "helpers.rbm checkpoint 1", "state": Payload()}))
+    x = torch.bernoulli(torch.full((32, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    train_rbm(BernoulliRBM(6, 3, seed=0), x, n_epochs=1, batch_size=8, progress=False, checkpoint=path)
+    assert not marker.exists()
+    assert "could not be loaded safely" in capsys.readouterr().out

@@ -393,9 +393,9 @@ def test_malicious_checkpoint_never_runs_code(tmp_path, capsys, writer):
     assert probe.exists()
 
     marker, path = tmp_path / "pwned", tmp_path / "vae.pt"
-    _write(path, {"format": "helpers.vae checkpoint 1", "fingerprint": {}, "state_dict": Payload(marker),
+    _write(path, {"format": "helpers.vae checkpoint 2", "fingerprint": {}, "state": Payload(marker),
                   "history": {}}, writer)
     train_vae(mlp_vae(hidden=16), x, n_epochs=1, progress=False, checkpoint=path)
     assert not marker.exists()
     assert "could not be loaded safely" in capsys.readouterr().out
-    assert torch.load(path, weights_only=True)["format"] == "helpers.vae checkpoint 1"  # overwritten
+    assert torch.load(path, weights_only=True)["format"] == "helpers.vae checkpoint 2"  # overwritten

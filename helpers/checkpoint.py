@@ -1,0 +1,79 @@
+"""Safe weight checkpoints for the trainers (train_vae, train_rbm).
+
+A checkpoint is one ``torch.save`` file holding plain data only: a format tag,
+a *fingerprint* (everything that determines the trained weights: architecture,
+initial weights, data, seed, epochs, learning rate, ...), the weights as a dict
+of tensors, and the training history. It is read with
+``torch.load(weights_only=True)``, whose unpickler builds only tensors and plain
+containers: a file holding pickled code raises instead of running it.
+
+:func:`load` returns the stored weights only when the fingerprint matches; a
+missing, unsafe, corrupted, foreign or stale file gives None and a printed
+reason, and the trainer trains again and overwrites it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+
+def digest(*tensors) -> str:
+    """Short sha256 of the tensors' values, shapes and dtypes (a fingerprint entry)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def load(path, fingerprint: dict, kind: str, map_location="cpu"):
+    """``(state, history)`` stored at ``path`` for this exact ``fingerprint``, or None.
+
+    Parameters
+    ----------
+    path : path-like
+    fingerprint : dict of str/int/float
+        Must equal the stored one entry for entry.
+    kind : str
+        What the file must say it is, e.g. ``"helpers.vae checkpoint 1"``.
+
+    Prints why a file is ignored (unsafe or corrupted, foreign, or made with a
+    different configuration, naming the entries that differ) or that it was loaded.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unsafe pickle (UnpicklingError), not a torch file, truncated zip, ...
+        reason = " ".join(str(err).split())[:200]
+        print(f"Checkpoint {path} could not be loaded safely ({type(err).__name__}: {reason}); "
+              "ignoring it: training again and overwriting it.")
+        return None
+    if not (isinstance(ckpt, dict) and ckpt.get("format") == kind
+            and {"fingerprint", "state", "history"} <= ckpt.keys()):
+        print(f"Checkpoint {path} is not a {kind.rsplit(' ', 1)[0]}; training again and overwriting it.")
+        return None
+    old = ckpt["fingerprint"]
+    changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if changed:
+        print(f"Checkpoint {path} was made with a different configuration (differs in: {', '.join(changed)}); "
+              "training again and overwriting it.")
+        return None
+    print(f"Loaded the trained weights from {path} (same configuration: model, data, seed, "
+          f"{fingerprint.get('n_epochs', '?')} epochs, learning rate, batch size); not training. "
+          "Delete the file to retrain.")
+    return ckpt["state"], ckpt["history"]
+
+
+def save(path, fingerprint: dict, kind: str, state: dict, history: dict) -> None:
+    """Write a checkpoint atomically (an interrupted save never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": kind, "fingerprint": fingerprint, "state": state, "history": history}, tmp)
+    os.replace(tmp, path)
