@@ -4,6 +4,7 @@
 setting            environment variable                 default
 =================  ===================================  ==========================
 fast mode          ``COURSE_FAST`` (1/true/yes/on)      off (full classroom mode)
+presentation mode  ``COURSE_PRESENT`` (1/true/yes/on)   off (lecturer mode: big fonts, checkpoints)
 data folder        ``COURSE_DATA``                      ``<repo>/data`` (git-ignored)
 device             ``COURSE_DEVICE`` (cpu, cuda, ...)   CUDA when present, else CPU
 =================  ===================================  ==========================
@@ -11,6 +12,12 @@ device             ``COURSE_DEVICE`` (cpu, cuda, ...)   CUDA when present, else 
 Fast mode shrinks epochs, data and chain lengths so that every notebook runs in
 CI in seconds; it never skips a cell or a check. Notebooks choose their sizes
 with :func:`pick`, e.g. ``n_epochs = pick(fast=2, full=30)``.
+
+Presentation (lecturer) mode makes figures and fonts large enough for a
+projector and turns on the checkpoint cache (:func:`checkpoint_path`): the
+first run trains and saves the models, every rerun loads them in seconds.
+Notebooks start with :func:`setup_notebook`, which seeds, styles and prints
+the settings in use.
 """
 from __future__ import annotations
 
@@ -23,6 +30,16 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 
+def _flag(name: str, meaning: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not understood; use 1/true/yes/on to turn {meaning} on "
+                     "or 0/false/no/off (or unset it) to turn it off.")
+
+
 def fast_mode() -> bool:
     """True when ``COURSE_FAST`` asks for the small CI-sized runs.
 
@@ -32,15 +49,47 @@ def fast_mode() -> bool:
         If ``COURSE_FAST`` holds something other than a yes/no word, so that a
         typo never silently selects the 30-minute classroom run.
     """
-    raw = os.environ.get("COURSE_FAST", "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ValueError(
-        f"COURSE_FAST={raw!r} is not understood; use 1/true/yes/on for fast mode "
-        "or 0/false/no/off (or unset it) for full mode."
-    )
+    return _flag("COURSE_FAST", "fast mode")
+
+
+def presentation_mode() -> bool:
+    """True when ``COURSE_PRESENT`` asks for lecturer mode (large figures and
+    fonts, trained models loaded from the checkpoint cache). Same yes/no words
+    as ``COURSE_FAST``; anything else raises ``ValueError``."""
+    return _flag("COURSE_PRESENT", "presentation mode")
+
+
+#: matplotlib settings per mode: readable on a laptop, and from the back row.
+PLOT_STYLE = {
+    "normal": {"figure.dpi": 100, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10},
+    "presentation": {"figure.dpi": 150, "font.size": 15, "axes.titlesize": 17, "axes.labelsize": 15,
+                     "xtick.labelsize": 13, "ytick.labelsize": 13, "legend.fontsize": 13,
+                     "lines.linewidth": 2.5, "lines.markersize": 8},
+}
+
+
+def apply_plot_style() -> str:
+    """Set matplotlib's rcParams for the current mode; return the mode's name."""
+    import matplotlib as mpl
+
+    name = "presentation" if presentation_mode() else "normal"
+    mpl.rcParams.update(PLOT_STYLE[name])
+    return name
+
+
+def checkpoint_path(name: str):
+    """Where a notebook's trained model is cached, or None when caching is off.
+
+    On in presentation mode or with ``COURSE_CHECKPOINTS=1``: returns
+    ``<repo>/checkpoints/<name>-fast.pt`` or ``...-full.pt`` (git-ignored), to pass
+    to ``train_vae(checkpoint=...)`` or ``train_rbm(checkpoint=...)``. Off (students'
+    default): None, so the notebook trains in front of you.
+    """
+    if not (presentation_mode() or _flag("COURSE_CHECKPOINTS", "the checkpoint cache")):
+        return None
+    if not name or any(c in name for c in "/\\"):
+        raise ValueError(f"checkpoint name must be a plain file name stem, got {name!r}")
+    return REPO_ROOT / "checkpoints" / f"{name}-{'fast' if fast_mode() else 'full'}.pt"
 
 
 def pick(fast, full):
@@ -92,3 +141,14 @@ def seed_everything(seed: int = 0):
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def setup_notebook(seed: int = 0):
+    """A notebook's first call: seed everything, style the plots for the mode,
+    print the settings in use (seed, modes, device, data folder), and return a
+    ``torch.Generator`` seeded with ``seed``."""
+    gen = seed_everything(seed)
+    style = apply_plot_style()
+    print(f"seed = {seed} | fast mode: {'on' if fast_mode() else 'off'} | presentation mode: "
+          f"{'on' if style == 'presentation' else 'off'} | device: {device()} | data: {data_dir()}")
+    return gen

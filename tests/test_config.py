@@ -58,3 +58,50 @@ def test_seed_everything_reproduces_all_generators():
 def test_seed_everything_rejects_bad_seeds(bad):
     with pytest.raises(ValueError, match="seed"):
         config.seed_everything(bad)
+
+
+def test_presentation_mode_and_plot_style(monkeypatch):
+    import matplotlib as mpl
+
+    monkeypatch.setenv("COURSE_PRESENT", "1")
+    assert config.presentation_mode() is True
+    with mpl.rc_context():
+        assert config.apply_plot_style() == "presentation"
+        assert mpl.rcParams["font.size"] == config.PLOT_STYLE["presentation"]["font.size"]
+        assert mpl.rcParams["font.size"] > config.PLOT_STYLE["normal"]["font.size"]
+        assert mpl.rcParams["figure.dpi"] > config.PLOT_STYLE["normal"]["figure.dpi"]
+    monkeypatch.setenv("COURSE_PRESENT", "0")
+    with mpl.rc_context():
+        assert config.apply_plot_style() == "normal"
+        assert mpl.rcParams["font.size"] == config.PLOT_STYLE["normal"]["font.size"]
+    monkeypatch.setenv("COURSE_PRESENT", "maybe")
+    with pytest.raises(ValueError, match="COURSE_PRESENT"):
+        config.presentation_mode()
+
+
+def test_checkpoint_path_only_in_presentation_mode_or_when_asked(monkeypatch):
+    for var in ("COURSE_PRESENT", "COURSE_CHECKPOINTS", "COURSE_FAST"):
+        monkeypatch.delenv(var, raising=False)
+    assert config.checkpoint_path("week12_conv_vae") is None
+    monkeypatch.setenv("COURSE_PRESENT", "1")
+    assert config.checkpoint_path("week12_conv_vae") == config.REPO_ROOT / "checkpoints" / "week12_conv_vae-full.pt"
+    monkeypatch.setenv("COURSE_FAST", "1")
+    assert config.checkpoint_path("m").name == "m-fast.pt"
+    monkeypatch.delenv("COURSE_PRESENT")
+    monkeypatch.setenv("COURSE_CHECKPOINTS", "yes")
+    assert config.checkpoint_path("m").name == "m-fast.pt"
+    with pytest.raises(ValueError, match="plain file name"):
+        config.checkpoint_path("../evil")
+
+
+def test_setup_notebook_prints_seed_and_reproduces(monkeypatch, capsys):
+    import matplotlib as mpl
+
+    monkeypatch.delenv("COURSE_PRESENT", raising=False)
+    with mpl.rc_context():
+        g1 = config.setup_notebook(5)
+        a = torch.rand(4), torch.rand(4, generator=g1)
+        g2 = config.setup_notebook(5)
+        b = torch.rand(4), torch.rand(4, generator=g2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert "seed = 5" in capsys.readouterr().out
