@@ -9,8 +9,7 @@ What a student does in class, automated: start JupyterLab from the course's envi
    widget frontend (``@jupyter-widgets/jupyterlab-manager``) is missing;
 3. moving a slider (keyboard, on the focused slider handle) redraws the decoded image.
 
-Notebooks: ``notebooks/week12/03_vaes_in_pytorch.ipynb`` (skipped, saying so, while it is not
-in the checkout) and ``tests/fixtures/latent_explorer_untrained.ipynb`` (the same explorer on
+Notebooks: ``notebooks/week12/03_vaes_in_pytorch.ipynb`` (a missing file fails) and ``tests/fixtures/latent_explorer_untrained.ipynb`` (the same explorer on
 an untrained conv VAE: seconds). The checks are functions that raise
 :class:`BrowserCheckFailed` with the reason, and ``test_widget_check_detects_missing_frontend``
 runs them in a JupyterLab whose widget extension is disabled and asserts that check 2 fails:
@@ -367,8 +366,7 @@ def test_latent_explorer_in_jupyterlab(browser, start_lab, root_dir, notebook):
     explorer on an untrained model, so that the browser path stays tested whatever a course
     notebook does.
     """
-    if not (root_dir / notebook).is_file():
-        pytest.skip(f"{(root_dir / notebook).relative_to(REPO)} is not in this checkout (yet)")
+    assert (root_dir / notebook).is_file(), f"{(root_dir / notebook).relative_to(REPO)} is missing (renamed?)"
     lab = start_lab(root_dir=root_dir)
     page = _new_page(browser)
     stem = Path(notebook).stem
