@@ -259,23 +259,27 @@ class BernoulliRBM:
         dict with ``"W"`` (M, N), ``"a"`` (M,), ``"b"`` (N,).
         """
         layer = self._exact_layer(max_units)
-        log_z = self.log_partition_exact(chunk, max_units)
         zeros = lambda *s: torch.zeros(*s, dtype=self.dtype, device=self.device)  # noqa: E731
         out = {"W": zeros(self.n_visible, self.n_hidden), "a": zeros(self.n_visible), "b": zeros(self.n_hidden)}
+        total = zeros(())                       # sum of exp(log weight - shift) so far
+        shift = torch.tensor(-torch.inf, dtype=self.dtype, device=self.device)
         n = self.n_hidden if layer == "hidden" else self.n_visible
+        # One pass: weights relative to the running maximum log weight, rescaling the sums when it grows.
         for s in _chunks(n, chunk, self.dtype, self.device):
-            w = torch.exp(self._log_weights(s, layer) - log_z)  # p(state), shape (chunk,)
-            if layer == "hidden":
-                h, x_mean = s, torch.sigmoid(s @ self.W.T + self.a)  # E[x | h]
-                out["W"] += (x_mean * w[:, None]).T @ h
-                out["a"] += w @ x_mean
-                out["b"] += w @ h
-            else:
-                x, h_mean = s, torch.sigmoid(s @ self.W + self.b)  # E[h | x]
-                out["W"] += (x * w[:, None]).T @ h_mean
-                out["a"] += w @ x
-                out["b"] += w @ h_mean
-        return out
+            log_w = self._log_weights(s, layer)
+            new_shift = torch.maximum(shift, log_w.max())
+            rescale = torch.exp(shift - new_shift)
+            w = torch.exp(log_w - new_shift)
+            if layer == "hidden":                # E[x | h] paired with h
+                xs, hs = torch.sigmoid(s @ self.W.T + self.a), s
+            else:                                # x paired with E[h | x]
+                xs, hs = s, torch.sigmoid(s @ self.W + self.b)
+            out["W"] = out["W"] * rescale + (xs * w[:, None]).T @ hs
+            out["a"] = out["a"] * rescale + w @ xs
+            out["b"] = out["b"] * rescale + w @ hs
+            total = total * rescale + w.sum()
+            shift = new_shift
+        return {k: v / total for k, v in out.items()}  # divide by Z (in units of exp(shift))
 
     def exact_gradient(self, x, chunk: int = DEFAULT_CHUNK, max_units: int = MAX_EXACT_UNITS):
         """Gradient of the mean log-likelihood (1/B) sum_n log p(x_n) with
