@@ -118,28 +118,28 @@ def check_against_exact(series_e, series_m, T):
         assert abs(x.mean() - exact[key]) < 4 * se, f"{key} at T={T}: {x.mean():.4f} vs {exact[key]:.4f} +- {se:.4f}"
 
 
+def _traces(update, spins, n_steps):
+    """Energy and |m| per spin after each of ``n_steps`` updates, shapes (n_steps, n_lattices)."""
+    es, ms = [], []
+    for _ in range(n_steps):
+        spins = update(spins)
+        es.append(ising.energy_per_spin(spins))
+        ms.append(ising.abs_magnetization(spins))
+    return torch.stack(es), torch.stack(ms)
+
+
 @pytest.mark.parametrize("T", [1.5, 2.27, 3.5])
 def test_checkerboard_metropolis_matches_exact_L4(T):
     gen = torch.Generator().manual_seed(int(T * 100))
     spins = ising.metropolis_sweeps(ising.random_spins(256, 4, gen), T, 50, gen)
-    es, ms = [], []
-    for _ in range(300):
-        spins = ising.metropolis_sweeps(spins, T, 1, gen)
-        es.append(ising.energy_per_spin(spins))
-        ms.append(ising.abs_magnetization(spins))
-    check_against_exact(torch.stack(es), torch.stack(ms), T)
+    check_against_exact(*_traces(lambda sp: ising.metropolis_sweeps(sp, T, 1, gen), spins, 300), T)
 
 
 @pytest.mark.parametrize("T", [1.5, 2.27, 3.5])
 def test_wolff_matches_exact_L4(T):
     gen = torch.Generator().manual_seed(int(T * 100) + 1)
     spins = ising.wolff_updates(ising.random_spins(64, 4, gen), T, 30, gen)
-    es, ms = [], []
-    for _ in range(250):
-        spins = ising.wolff_updates(spins, T, 1, gen)
-        es.append(ising.energy_per_spin(spins))
-        ms.append(ising.abs_magnetization(spins))
-    check_against_exact(torch.stack(es), torch.stack(ms), T)
+    check_against_exact(*_traces(lambda sp: ising.wolff_updates(sp, T, 1, gen), spins, 250), T)
 
 
 def test_wolff_on_odd_lattice_and_per_lattice_temperatures():

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from rbm_models import random_rbm
 
 from helpers import mcmc
 from helpers.rbm import BernoulliRBM
@@ -27,12 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_rbm(dtype, seed=3, m=5, n=3, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    rbm = BernoulliRBM(m, n, dtype=dtype)
-    rbm.W = scale * torch.randn(m, n, generator=gen, dtype=dtype)
-    rbm.a = scale * torch.randn(m, generator=gen, dtype=dtype)
-    rbm.b = scale * torch.randn(n, generator=gen, dtype=dtype)
-    return rbm
+    return random_rbm(m, n, seed, scale, dtype)
 
 
 def exact_p_visible(rbm):

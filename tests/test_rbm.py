@@ -5,19 +5,13 @@ import math
 
 import pytest
 import torch
+from rbm_models import random_rbm
 
 from helpers.rbm import MAX_EXACT_UNITS, BernoulliRBM
 
 D = torch.float64
 
 
-def random_rbm(m, n, seed, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    rbm = BernoulliRBM(m, n, dtype=D)
-    rbm.W = scale * torch.randn(m, n, generator=gen, dtype=D)
-    rbm.a = scale * torch.randn(m, generator=gen, dtype=D)
-    rbm.b = scale * torch.randn(n, generator=gen, dtype=D)
-    return rbm
 
 
 def brute_force(rbm):
