@@ -125,19 +125,26 @@ def _missing_error(root: Path) -> FileNotFoundError:
         f"them), or put these four files there (set COURSE_DATA to use another folder):\n{names}")
 
 
+def _locate(root: Path, split: str):
+    """Which file prefix and rows make up ``split`` here, and the sentence saying so."""
+    if _have(root, "train"):
+        prefix = "train" if split == "train" else "t10k"
+        return prefix, slice(None), f"standard MNIST {split} split ({60000 if split == 'train' else 10000} images)"
+    if _have(root, "t10k"):
+        if split == "train":
+            rows, part = slice(0, FALLBACK_TRAIN_SIZE), f"test images 0-{FALLBACK_TRAIN_SIZE - 1}"
+        else:
+            rows, part = slice(FALLBACK_TRAIN_SIZE, None), f"test images {FALLBACK_TRAIN_SIZE}-9999"
+        return "t10k", rows, (f"offline fallback, NOT the standard split: '{split}' = MNIST {part} "
+                              "(the 60,000 training images are not available)")
+    raise _missing_error(root)
+
+
 def mnist_split_info(split: str = "train", root=None) -> str:
     """One sentence saying which images ``load_mnist(split)`` returns, for printing
     next to every reported number. Raises like :func:`load_mnist` when files are missing."""
     _check_split(split)
-    root = Path(root) if root is not None else config.data_dir()
-    if _have(root, "train"):
-        return f"standard MNIST {split} split ({60000 if split == 'train' else 10000} images)"
-    if _have(root, "t10k"):
-        part = (f"test images 0-{FALLBACK_TRAIN_SIZE - 1}" if split == "train"
-                else f"test images {FALLBACK_TRAIN_SIZE}-9999")
-        return (f"offline fallback, NOT the standard split: '{split}' = MNIST {part} "
-                "(the 60,000 training images are not available)")
-    raise _missing_error(root)
+    return _locate(Path(root) if root is not None else config.data_dir(), split)[2]
 
 
 def _check_split(split):
@@ -204,19 +211,13 @@ def load_mnist(split: str = "train", *, root=None, flat: bool = True, binarize: 
     root = Path(root) if root is not None else config.data_dir()
     if download and not _have(root, "train"):
         _try_download(root)
-    if _have(root, "train"):
-        prefix, rows = ("train" if split == "train" else "t10k"), slice(None)
-    elif _have(root, "t10k"):
-        prefix = "t10k"
-        rows = slice(0, FALLBACK_TRAIN_SIZE) if split == "train" else slice(FALLBACK_TRAIN_SIZE, None)
-        if str(root) not in _warned:
-            _warned.add(str(root))
-            warnings.warn(f"MNIST training images not found in {_raw(root)}: using the offline fallback "
-                          f"split, train = test images 0-{FALLBACK_TRAIN_SIZE - 1}, test = test images "
-                          f"{FALLBACK_TRAIN_SIZE}-9999. Results are not comparable with the standard split.",
-                          OfflineSplitWarning, stacklevel=2)
-    else:
-        raise _missing_error(root)
+    prefix, rows, _ = _locate(root, split)
+    if not _have(root, "train") and str(root) not in _warned:
+        _warned.add(str(root))
+        warnings.warn(f"MNIST training images not found in {_raw(root)}: using the offline fallback "
+                      f"split, train = test images 0-{FALLBACK_TRAIN_SIZE - 1}, test = test images "
+                      f"{FALLBACK_TRAIN_SIZE}-9999. Results are not comparable with the standard split.",
+                      OfflineSplitWarning, stacklevel=2)
     images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte.gz"), "images")[rows]
     labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte.gz"), "labels")[rows]
     if len(images) != len(labels):
