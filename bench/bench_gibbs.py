@@ -28,19 +28,24 @@ import torch
 from sklearn.neural_network import BernoulliRBM as SkBernoulliRBM
 from threadpoolctl import threadpool_limits
 
-from helpers import mcmc
+from helpers import _linear, mcmc
 from helpers.rbm import BernoulliRBM
 
 N_VISIBLE, N_HIDDEN, N_CHAINS, N_SWEEPS, REPEAT = 784, 500, 100, 100, 5
 GOAL = 1.5
+PAUSE = 0.5  # seconds before each timing
 
 
 def best_sweeps_per_second(runs):
     """Sweeps per second of each function in ``runs``, best of REPEAT rounds. The functions take
-    turns within each round, so a change in the machine's load hits all of them alike."""
+    turns within each round, so a change in the machine's load hits all of them alike; a pause
+    before each timing lets the previous library's idle threads stop spin-waiting (OpenBLAS and
+    OpenMP threads keep a core busy for a while after a call, which slowed whichever function
+    ran next with two threads)."""
     best = [math.inf] * len(runs)
     for _ in range(REPEAT):
         for i, run in enumerate(runs):
+            time.sleep(PAUSE)
             t0 = time.perf_counter()
             run()
             best[i] = min(best[i], time.perf_counter() - t0)
@@ -80,16 +85,16 @@ def main():
             chains.step()
 
     def run_gibbs_addmm():  # the same with the plain torch.addmm kernel
-        saved = mcmc._ONEDNN_OK
-        mcmc._ONEDNN_OK = False
+        saved = _linear.ONEDNN_OK
+        _linear.ONEDNN_OK = False
         try:
             return mcmc.gibbs_sample(rbm, x0, N_SWEEPS, generator=gen)
         finally:
-            mcmc._ONEDNN_OK = saved
+            _linear.ONEDNN_OK = saved
 
     default_threads = torch.get_num_threads()
-    kernel = "oneDNN fused linear+sigmoid" if mcmc._linear_sigmoid_for(torch.float32, torch.device("cpu")) \
-        is mcmc._onednn_linear_sigmoid else "torch.addmm"
+    kernel = "oneDNN fused linear+sigmoid" if _linear.linear_for(torch.float32, torch.device("cpu")) \
+        is _linear.onednn_linear else "torch.addmm"
     print(f"RBM {N_VISIBLE} x {N_HIDDEN}, float32, {N_CHAINS} chains, {N_SWEEPS} sweeps per timing, best of "
           f"{REPEAT}; helpers.mcmc kernel: {kernel}. Gibbs sweeps per second (machine may be shared):")
     rates = {}

@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
+from ._linear import linear_for
 from ._validate import check_count as _check_count, check_generator as _check_generator
 
 __all__ = [
@@ -206,47 +207,6 @@ def flip_one_bit_proposal() -> Callable:
 
 
 # ============================================================================ Gibbs sampling in an RBM
-_ONEDNN_OK: bool | None = None  # decided on first use: does oneDNN's fused linear agree with addmm here?
-
-
-def _onednn_linear_sigmoid(inp, weight, bias):
-    # oneDNN takes a weight that is contiguous or the transpose of a contiguous matrix (checked on
-    # first use), but silently misreads other strides, e.g. a sliced bias: those are copied first.
-    if not (weight.is_contiguous() or weight.T.is_contiguous()):
-        weight = weight.contiguous()
-    return torch.ops.mkldnn._linear_pointwise(inp.contiguous(), weight, bias.contiguous(), "sigmoid", [], "")
-
-
-def _addmm_sigmoid(inp, weight, bias):
-    return torch.addmm(bias, inp, weight.T).sigmoid_()
-
-
-def _linear_sigmoid_for(dtype, device):
-    """``f(inp, weight, bias) = sigmoid(inp @ weight.T + bias)``, the fastest exact float kernel available.
-
-    ``weight`` has shape (out, in), as in ``torch.nn.Linear``. On CPUs, float32
-    uses oneDNN's fused linear + sigmoid when PyTorch has it and it agrees with
-    ``addmm`` (on AMD processors it runs about twice as fast as the default MKL
-    sgemm); everything else uses ``torch.addmm``. Both are float32 GEMMs: they
-    differ only in rounding (about 1e-6).
-    """
-    global _ONEDNN_OK
-    if dtype != torch.float32 or device.type != "cpu":
-        return _addmm_sigmoid
-    if _ONEDNN_OK is None:
-        try:
-            gen = torch.Generator().manual_seed(0)
-            inp, weight, bias = (torch.randn(s, generator=gen) for s in ((7, 13), (5, 13), (5,)))
-            _ONEDNN_OK = True
-            for w in (weight, weight.T.contiguous().T):  # both weight layouts that are passed on as they are
-                out = _onednn_linear_sigmoid(inp, w, bias)
-                _ONEDNN_OK &= (out.shape == (7, 5) and out.dtype == torch.float32
-                               and torch.allclose(out, _addmm_sigmoid(inp, w, bias), atol=1e-5))
-        except Exception:  # op missing in this build or on this CPU: fall back silently
-            _ONEDNN_OK = False
-    return _onednn_linear_sigmoid if _ONEDNN_OK else _addmm_sigmoid
-
-
 def _gibbs_sweeps(x, W, a, b, n_sweeps, generator, keep_every=None):
     """The inner loop: ``n_sweeps`` sweeps x -> h -> x on already validated tensors.
 
@@ -255,7 +215,7 @@ def _gibbs_sweeps(x, W, a, b, n_sweeps, generator, keep_every=None):
     without re-validating the inputs. Returns the final ``x``, or the kept
     states stacked (n_sweeps // keep_every, n_chains, n_visible).
     """
-    lin = _linear_sigmoid_for(W.dtype, W.device)
+    lin = linear_for(W.dtype, W.device)  # sigmoid(inp @ weight.T + bias), see helpers._linear
     # contiguous once here rather than once per sweep; W.T is then the transpose of a contiguous matrix
     W, a, b, x = W.contiguous(), a.contiguous(), b.contiguous(), x.contiguous()
     Wt = W.T  # (n_hidden, n_visible): the hidden layer's weight in (out, in) form

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as checkpoint_io
+from ._linear import linear_for
 from ._validate import check_count as _check_int
 from .mcmc import gibbs_sample
 
@@ -749,10 +750,13 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
     C = x_neg_buf.shape[0]
 
     # Preallocated buffers: nothing is allocated inside the loop.
+    # The five products per update go through one kernel, lin(inp, weight, bias, act) =
+    # act(inp @ weight.T + bias) (oneDNN on CPU float32, else addmm; see helpers._linear).
     empty = lambda *s: torch.empty(*s, dtype=dt, device=dev)  # noqa: E731
-    xb_buf, ph_pos_buf = empty(B, M), empty(B, N)
-    ph_neg_buf, h_buf, rh_buf = empty(max(B, C), N), empty(max(B, C), N), empty(max(B, C), N)
-    px_buf, rx_buf = empty(max(B, C), M), empty(max(B, C), M)
+    lin = linear_for(dt, dev)
+    xb_buf, h_buf, rh_buf, rx_buf = empty(B, M), empty(max(B, C), N), empty(max(B, C), N), empty(max(B, C), M)
+    # gradient statistics in one product: [xb; x_neg].T @ [ph_pos lr/m; -ph_neg lr/c]
+    xsT_buf, ps_buf = empty(M, B + C), empty(B + C, N)
     vW, va, vb = torch.zeros_like(W), torch.zeros_like(a), torch.zeros_like(b)
 
     def sample_(p, rnd, out):  # out = 1.0 where U(0,1) < p, independently per entry
@@ -786,23 +790,23 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
                 m = idx.shape[0]
                 xb = torch.index_select(x_train, 0, idx, out=xb_buf[:m])
                 # positive phase: p(h | x) for the batch
-                ph_pos = torch.addmm(b, xb, W, out=ph_pos_buf[:m]).sigmoid_()
+                ph_pos = lin(xb, W.T, b)
                 # negative phase: k block-Gibbs sweeps from the batch (CD) or the chains (PCD)
                 c = m if method == "cd" else C
-                x_neg, h, ph_neg = x_neg_buf[:c], h_buf[:c], ph_neg_buf[:c]
-                if method == "cd":
-                    sample_(ph_pos, rh_buf[:c], h)
-                else:
-                    sample_(torch.addmm(b, x_neg, W, out=ph_neg).sigmoid_(), rh_buf[:c], h)
+                x_neg, h = x_neg_buf[:c], h_buf[:c]
+                sample_(ph_pos if method == "cd" else lin(x_neg, W.T, b), rh_buf[:c], h)
                 for sweep in range(k):
-                    px = torch.addmm(a, h, W.T, out=px_buf[:c]).sigmoid_()
-                    sample_(px, rx_buf[:c], x_neg)
+                    sample_(lin(h, W, a), rx_buf[:c], x_neg)
                     if sweep < k - 1:
-                        sample_(torch.addmm(b, x_neg, W, out=ph_neg).sigmoid_(), rh_buf[:c], h)
-                torch.addmm(b, x_neg, W, out=ph_neg).sigmoid_()
+                        sample_(lin(x_neg, W.T, b), rh_buf[:c], h)
+                ph_neg = lin(x_neg, W.T, b)
                 # parameter updates (gradient ascent on the log-likelihood)
-                vW.addmm_(xb.T, ph_pos, beta=momentum, alpha=lr / m)
-                vW.addmm_(x_neg.T, ph_neg, alpha=-lr / c)
+                xsT, ps = xsT_buf[:, :m + c], ps_buf[:m + c]
+                xsT[:, :m].copy_(xb.T)
+                xsT[:, m:].copy_(x_neg.T)
+                torch.mul(ph_pos, lr / m, out=ps[:m])
+                torch.mul(ph_neg, -lr / c, out=ps[m:])
+                vW.mul_(momentum).add_(lin(xsT, ps.T, None, "none"))
                 if weight_decay:
                     vW.add_(W, alpha=-lr * weight_decay)
                 W.add_(vW)
@@ -820,8 +824,8 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
                 bar.update(1)
             history["epoch_time"].append(time.perf_counter() - t0)
             history["epoch"].append(epoch)
-            pre_mon = torch.addmm(b, x_mon, W)  # shared by the three metrics
-            recon = torch.addmm(a, torch.sigmoid(pre_mon), W.T).sigmoid_()
+            pre_mon = lin(x_mon, W.T, b, "none")  # shared by the three metrics
+            recon = lin(torch.sigmoid(pre_mon), W, a)
             history["recon_error"].append(float(((x_mon - recon) ** 2).mean()))
             if use_exact_pll:
                 pl = _pll_bits(rbm, x_mon, pre=pre_mon)

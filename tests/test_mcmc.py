@@ -17,7 +17,7 @@ import pytest
 import torch
 from rbm_models import random_rbm
 
-from helpers import mcmc
+from helpers import _linear, mcmc
 from helpers.rbm import BernoulliRBM
 
 N_CHAINS = 20_000
@@ -157,7 +157,7 @@ def test_flip_one_bit_flips_exactly_one_bit_uniformly():
                                                 (torch.float32, False)])
 def test_gibbs_samples_the_exact_rbm_marginal(dtype, fast_kernel, monkeypatch):
     if fast_kernel is False:  # force the torch.addmm fallback even where oneDNN is used
-        monkeypatch.setattr(mcmc, "_ONEDNN_OK", False)
+        monkeypatch.setattr(_linear, "ONEDNN_OK", False)
     rbm = tiny_rbm(dtype)
     p = exact_p_visible(rbm)
     gen = torch.Generator().manual_seed(7)
@@ -209,7 +209,7 @@ def test_gibbs_draws_are_per_sample_and_conditionals_match_rbm():
     rbm = tiny_rbm(torch.float32, m=30, n=20)
     xb = (torch.rand(64, 30, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     hb = (torch.rand(64, 20, generator=torch.Generator().manual_seed(2)) < 0.5).float()
-    lin = mcmc._linear_sigmoid_for(torch.float32, torch.device("cpu"))
+    lin = _linear.linear_for(torch.float32, torch.device("cpu"))
     assert torch.allclose(lin(xb, rbm.W.T, rbm.b), rbm.prob_h_given_x(xb), atol=1e-6)
     assert torch.allclose(lin(hb, rbm.W, rbm.a), rbm.prob_x_given_h(hb), atol=1e-6)
 
@@ -224,7 +224,7 @@ def test_gibbs_with_strided_parameters_and_input():
     dense = BernoulliRBM(12, 7)
     dense.W, dense.a, dense.b = (t.contiguous() for t in (strided.W, strided.a, strided.b))
     x0 = (torch.rand(40, 24, generator=gen) < 0.5).float()[:, ::2]
-    lin = mcmc._linear_sigmoid_for(torch.float32, torch.device("cpu"))
+    lin = _linear.linear_for(torch.float32, torch.device("cpu"))
     assert torch.allclose(lin(x0, strided.W.T, strided.b), dense.prob_h_given_x(x0.contiguous()), atol=1e-6)
     h = (torch.rand(40, 7, generator=gen) < 0.5).float()
     assert torch.allclose(lin(h, strided.W, strided.a), dense.prob_x_given_h(h), atol=1e-6)
