@@ -129,6 +129,13 @@ def metropolis_sweeps(spins: torch.Tensor, T, n_sweeps: int, generator: torch.Ge
     per spin. Because ``s h`` takes only the values -4, -2, 0, 2, 4, only the
     two acceptance probabilities ``exp(-4/T)`` and ``exp(-8/T)`` are needed.
 
+    Ergodicity caveat: a move with ``s h = 0`` (no energy change) is always
+    accepted, so a lattice in which every spin has ``s h = 0`` (e.g. alternating
+    columns) flips whole sublattices deterministically and cycles forever at
+    any temperature (36 of the 65,536 4 x 4 states). No chain can enter such a
+    cycle from another state, but one can *start* in it: start small lattices
+    ordered, or interleave :func:`wolff_updates`.
+
     Implementation (why it is fast): the lattice is stored as four int8
     sub-lattices, ``(i % 2, j % 2)``, each (batch, L/2, L/2); the neighbour sums
     of one sub-lattice come from shifted views of two others, written into
