@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ._linear import linear_for
 from .rbm import BernoulliRBM, _resolve_threads, _torch_threads, base_rate_visible_bias
 
 __all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "log_likelihood", "base_log_partition"]
@@ -173,7 +174,9 @@ def _anneal(rbm, a_base, schedule, n_runs, generator, progress):
     dt, dev, M, N = rbm.dtype, rbm.device, rbm.n_visible, rbm.n_hidden
     with torch.no_grad():
         W, a, b = rbm.W, rbm.a, rbm.b
-        # One matmul per step gives both x W (N columns) and x.(a - a_A) (last column).
+        # One matmul per step gives both x W (N columns) and x.(a - a_A) (last column). Products run on
+        # helpers._linear's kernel: lin(inp, weight, bias, "none") = inp @ weight.T + bias.
+        lin = linear_for(dt, dev)
         Wd = torch.cat([W, (a - a_base)[:, None]], 1)
         b64 = b.to(torch.float64)
         d = a - a_base
@@ -188,14 +191,14 @@ def _anneal(rbm, a_base, schedule, n_runs, generator, progress):
         K = len(beta_list) - 1
         for step in tqdm(range(1, K + 1), desc="AIS", unit="beta", disable=not progress, mininterval=0.5):
             prev, beta = beta_list[step - 1], beta_list[step]
-            ext = (x @ Wd).to(torch.float64)
+            ext = lin(x, Wd.T, None, "none").to(torch.float64)
             pre = ext[:, :N] + b64  # b + x W, float64
             # log p*_k(x) - log p*_{k-1}(x) at the current x
             log_w += (beta - prev) * ext[:, N] + (F.softplus(beta * pre) - F.softplus(prev * pre)).sum(1)
             if step < K:  # Gibbs transition leaving p_k invariant
                 ph = torch.sigmoid(beta * pre).to(dt)
                 torch.lt(torch.rand(n_runs, N, generator=generator, dtype=dt, device=dev, out=rnd_h), ph, out=h)
-                px = torch.addmm(d, h, W.T).mul_(beta).add_(a_base).sigmoid_()
+                px = lin(h, W, d, "none").mul_(beta).add_(a_base).sigmoid_()
                 torch.lt(torch.rand(n_runs, M, generator=generator, dtype=dt, device=dev, out=rnd_x), px, out=x)
     return log_w.cpu()
 

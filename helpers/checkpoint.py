@@ -77,3 +77,65 @@ def save(path, fingerprint: dict, kind: str, state: dict, history: dict) -> None
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": kind, "fingerprint": fingerprint, "state": state, "history": history}, tmp)
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------- hand-written training loops
+_MODULE_FORMAT = "helpers.checkpoint module 1"
+
+
+def module_fingerprint(module: torch.nn.Module, **settings) -> dict:
+    """Fingerprint of a hand-written training run: the module's architecture and *initial* weights
+    plus every setting that determines the result. Call it before training.
+
+    ``settings`` values may be numbers, strings, None, tensors (stored as a digest
+    of shape, dtype and values; pass the training data) or ``torch.Generator``
+    (its state's digest).
+    """
+    state = module.state_dict()
+    fp = {"architecture": repr(module), "initial_weights": digest(*(state[k] for k in sorted(state)))}
+    for key, value in settings.items():
+        if isinstance(value, torch.Tensor):
+            value = f"{tuple(value.shape)} {value.dtype} {digest(value)}"
+        elif isinstance(value, torch.Generator):
+            value = digest(value.get_state())
+        elif not (value is None or isinstance(value, (bool, int, float, str))):
+            raise TypeError(f"setting {key!r}: expected a number, string, None, tensor or generator, "
+                            f"got {type(value).__name__}")
+        fp[key] = value
+    return fp
+
+
+def load_module(path, module: torch.nn.Module, fingerprint: dict):
+    """Load ``module``'s trained weights from ``path`` and return the saved history, or None.
+
+    For a training loop written in a notebook::
+
+        fp = module_fingerprint(model, data=x_train, n_epochs=10, lr=1e-3, generator=gen)
+        history = load_module(path, model, fp)        # None: train
+        if history is None:
+            ...                                       # the loop
+            save_module(path, model, fp, history)
+
+    ``path`` None (the cache is off, see ``helpers.config.checkpoint_path``)
+    returns None. Loading is as safe as for the trainers (weights only; see
+    :func:`load`). Weights load onto the module's current device.
+    """
+    if path is None:
+        return None
+    try:
+        where = next(module.parameters()).device
+    except StopIteration:
+        where = "cpu"
+    stored = load(path, fingerprint, _MODULE_FORMAT, map_location=where)
+    if stored is None:
+        return None
+    module.load_state_dict(stored[0])
+    return stored[1]
+
+
+def save_module(path, module: torch.nn.Module, fingerprint: dict, history: dict) -> None:
+    """Save ``module``'s weights with ``fingerprint`` (from before training) and ``history``
+    (a dict of plain lists and numbers); ``path`` None does nothing."""
+    if path is None:
+        return
+    save(path, fingerprint, _MODULE_FORMAT, {k: v.detach().cpu() for k, v in module.state_dict().items()}, history)
