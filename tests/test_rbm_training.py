@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from helpers import _linear
 from helpers.rbm import (BernoulliRBM, TrainHistory, base_rate_visible_bias, binary_states, cd_gradient, cd_loss,
                          gibbs_sweeps, pseudo_log_likelihood, train_rbm)
 
@@ -268,12 +269,16 @@ def test_history_metrics_match_direct_computations():
     assert hist["pseudo_log_likelihood"][0] == pytest.approx(12 * _pll_bits(rbm12, wide, bits).mean().item())
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_one_full_batch_step_equals_lr_times_cd_gradient(dtype, atol):
+@pytest.mark.parametrize("dtype, atol, onednn", [(torch.float64, 1e-12, None), (torch.float32, 1e-5, None),
+                                                  (torch.float32, 1e-5, False)])
+def test_one_full_batch_step_equals_lr_times_cd_gradient(dtype, atol, onednn, monkeypatch):
     """The fast training loop draws the same numbers as cd_gradient: one update with
     momentum 0 and no weight decay is exactly lr times the CD / PCD gradient. In float32
     the loop's products run on helpers._linear's kernel (oneDNN where available) and
-    cd_gradient's on torch.addmm: the same up to float32 rounding."""
+    cd_gradient's on torch.addmm: the same up to float32 rounding (onednn=False forces the
+    addmm fallback that machines without oneDNN use)."""
+    if onednn is False:
+        monkeypatch.setattr(_linear, "ONEDNN_OK", False)
     x = toy_data(30, dtype=dtype)
     for method in ("cd", "pcd"):
         for k in (1, 2):
