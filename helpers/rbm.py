@@ -809,7 +809,7 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
                 xsT[:, m:].copy_(x_neg.T)
                 torch.mul(ph_pos, lr / m, out=ps[:m])
                 torch.mul(ph_neg, -lr / c, out=ps[m:])
-                vW.mul_(momentum).add_(lin(xsT, ps.T, None, "none"))
+                torch.add(lin(xsT, ps.T, None, "none"), vW, alpha=momentum, out=vW)
                 if weight_decay:
                     vW.add_(W, alpha=-lr * weight_decay)
                 W.add_(vW)
@@ -817,8 +817,10 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
                 vb.mul_(momentum).add_(ph_pos.sum(0), alpha=lr / m).add_(ph_neg.sum(0), alpha=-lr / c)
                 a.add_(va)
                 b.add_(vb)
-                # one cheap reduction per batch; float64 so that no finite float32 values overflow it
-                if not math.isfinite(sum(float(t.sum(dtype=torch.float64)) for t in (W, a, b))):
+                # one cheap reduction per batch screens for NaN/inf; a sum that overflows although
+                # every entry is finite is told apart by the exact (slower) check
+                if not math.isfinite(sum(float(t.sum()) for t in (W, a, b))) and not all(
+                        bool(torch.isfinite(t).all()) for t in (W, a, b)):
                     bar.close()
                     raise FloatingPointError(
                         f"RBM training diverged at epoch {epoch}, batch {batch} of {n_batches}: the parameters "

@@ -364,6 +364,17 @@ def test_stochastic_monitoring_for_wide_models():
     assert hist["free_energy_gap"] == [None, None]
 
 
+def test_huge_but_finite_weights_are_not_called_divergent():
+    """The per-batch screen sums the parameters in float32; a sum that overflows although every
+    entry is finite must not stop training."""
+    rbm = BernoulliRBM(6, 4, seed=0, dtype=torch.float32)
+    rbm.W = torch.full((6, 4), 3e37)
+    assert not torch.isfinite(rbm.W.sum())  # 7.2e38 overflows float32
+    train_rbm(rbm, toy_data(20).float(), lr=1e-30, momentum=0.0, weight_decay=0.0, batch_size=10, n_epochs=1,
+              progress=False)
+    assert torch.isfinite(rbm.W).all()
+
+
 def test_divergence_raises_floating_point_error():
     x = toy_data(100).float()
     rbm = BernoulliRBM(6, 4, seed=0, dtype=torch.float32)
