@@ -71,6 +71,7 @@ KERNELS = {"torch.mm": lambda a, b_t: torch.mm(a, b_t.T)}
 _lin = _linear.linear_for(torch.float32, torch.device("cpu"))
 if _lin is _linear.onednn_linear:  # the kernel train_rbm uses here, when it is not plain torch
     KERNELS["oneDNN linear"] = lambda a, b_t: _lin(a, b_t, None, "none")
+FAST = list(KERNELS)[-1]  # the kernel train_rbm uses here
 
 
 def matmul_gflops(seconds=0.3):
@@ -148,13 +149,12 @@ def main():
                 t_loop.append(loop)
                 t_sk.append(paused(sklearn, x_np))
                 t_mm.append(paused(matmuls_only_epoch, n, KERNELS["torch.mm"]))
-                t_fast.append(paused(matmuls_only_epoch, n, list(KERNELS.values())[-1]))
+                t_fast.append(paused(matmuls_only_epoch, n, KERNELS[FAST]))
             peak = matmul_gflops()
         rows.append((threads, min(t_ours), min(t_loop), min(t_sk), min(t_mm), min(t_fast), peak))
     torch.set_num_threads(default_threads)
 
-    fast = list(KERNELS)[-1]
-    print(f"matmul kernel used by train_rbm here: {fast}\n")
+    print(f"matmul kernel used by train_rbm here: {FAST}\n")
     print(f"{'threads':>7} | {'train_rbm':>9} | {'epoch loop':>10} | {'sklearn':>8} | {'ratio':>5} | "
           f"{'ratio, loop':>11} | {'peak':>10} | {'epoch':>10} | {'of peak':>7}")
     for threads, t_ours, t_loop, t_sk, t_mm, t_fast, peak in rows:
@@ -165,7 +165,7 @@ def main():
         for kernel_name, per_shape in peak.items():
             print(f"{'':>7}   {kernel_name} per shape (GFLOP/s): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in per_shape.items()))
-        print(f"{'':>7}   the epoch's matmuls alone: {t_mm:.3f}s with torch.mm, {t_fast:.3f}s with {fast}; "
+        print(f"{'':>7}   the epoch's matmuls alone: {t_mm:.3f}s with torch.mm, {t_fast:.3f}s with {FAST}; "
               f"the epoch loop takes {t_loop / t_fast:.2f}x the time of its matmuls alone")
     print("""
 train_rbm: the whole call (input validation and end-of-epoch metrics included); epoch loop: the

@@ -752,9 +752,9 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
         x_neg_buf = torch.empty(B, M, dtype=dt, device=dev)
     C = x_neg_buf.shape[0]
 
-    # Preallocated buffers: nothing is allocated inside the loop.
     # The five products per update go through one kernel, lin(inp, weight, bias, act) =
-    # act(inp @ weight.T + bias) (oneDNN on CPU float32, else addmm; see helpers._linear).
+    # act(inp @ weight.T + bias) (oneDNN on CPU float32, else addmm; see helpers._linear), which
+    # returns fresh outputs; the draws and the gradient-statistics operands use preallocated buffers.
     empty = lambda *s: torch.empty(*s, dtype=dt, device=dev)  # noqa: E731
     lin = linear_for(dt, dev)
     xb_buf, h_buf, rh_buf, rx_buf = empty(B, M), empty(max(B, C), N), empty(max(B, C), N), empty(max(B, C), M)

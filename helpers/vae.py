@@ -464,15 +464,9 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
 # ---------------------------------------------------------------------- training
 def _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic_binarization) -> dict:
     """Everything that determines the trained weights, as plain strings and numbers."""
-    state = model.state_dict()
-    return {
-        "architecture": repr(model),
-        "initial_weights": checkpoint_io.digest(*(state[k] for k in sorted(state))),
-        "x_train": f"{tuple(x_train.shape)} {x_train.dtype} {checkpoint_io.digest(x_train)}",
-        "x_test": "none" if x_test is None else f"{tuple(x_test.shape)} {x_test.dtype} {checkpoint_io.digest(x_test)}",
-        "n_epochs": n_epochs, "batch_size": batch_size, "lr": float(lr), "seed": seed,
-        "dynamic_binarization": bool(dynamic_binarization),
-    }
+    return checkpoint_io.module_fingerprint(
+        model, x_train=x_train, x_test="none" if x_test is None else x_test, n_epochs=n_epochs,
+        batch_size=batch_size, lr=float(lr), seed=seed, dynamic_binarization=bool(dynamic_binarization))
 
 
 _CHECKPOINT_FORMAT = "helpers.vae checkpoint 2"

@@ -19,6 +19,7 @@ import torch
 
 from helpers import ising
 from helpers.mcmc import integrated_autocorrelation_time
+from helpers.rbm import binary_states
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,11 +93,15 @@ def test_fluctuation_formulas_on_hand_made_samples():
                           torch.tensor([64.0, 16.0], dtype=torch.float64))
 
 
+def all_lattices(L):
+    """Every +-1 configuration of an L x L lattice, (2**(L*L), L, L) int8."""
+    return (2 * binary_states(L * L, dtype=torch.int8) - 1).reshape(-1, L, L)
+
+
 def test_fluctuation_formulas_on_exact_samples_agree_with_exact_observables():
     """Independent draws from the exact L = 3 Boltzmann distribution (all 512 states enumerated)."""
     L, T, n = 3, 2.5, 200_000
-    idx = torch.arange(2 ** (L * L))
-    states = (((idx[:, None] >> torch.arange(L * L)) & 1) * 2 - 1).to(torch.int8).reshape(-1, L, L)
+    states = all_lattices(L)
     p = torch.softmax(-ising.energy_per_spin(states) * L * L / T, 0)
     draws = states[torch.multinomial(p, n, replacement=True, generator=torch.Generator().manual_seed(0))]
     exact = ising.exact_observables(L, T)
@@ -135,12 +140,6 @@ def test_checkerboard_metropolis_matches_exact_L4(T):
     # probability 36 / 65536 per lattice, about 13% for 256 lattices
     spins = ising.metropolis_sweeps(torch.ones(256, 4, 4, dtype=torch.int8), T, 50, gen)
     check_against_exact(*_traces(lambda sp: ising.metropolis_sweeps(sp, T, 1, gen), spins, 300), T)
-
-
-def all_lattices(L):
-    """Every +-1 configuration of an L x L lattice, (2**(L*L), L, L) int8."""
-    bits = (torch.arange(2 ** (L * L)).unsqueeze(1) >> torch.arange(L * L)) & 1
-    return (2 * bits - 1).to(torch.int8).reshape(-1, L, L)
 
 
 def test_metropolis_cycle_states_are_the_documented_36_and_flip_every_sweep():
