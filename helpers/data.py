@@ -125,8 +125,22 @@ def _missing_error(root: Path) -> FileNotFoundError:
         f"them), or put these four files there (set COURSE_DATA to use another folder):\n{names}")
 
 
+def _check_complete(root: Path, prefix: str) -> None:
+    """Half a split (images without labels, or the reverse) is an error, never a reason to fall back."""
+    names = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
+    found = [n for n in names if _find(root, n)]
+    if len(found) == 1:
+        missing = next(n for n in names if n not in found)
+        raise MnistFileError(
+            f"{_raw(root)} holds {found[0]} but not {missing}: the '{prefix}' files come in pairs. "
+            f"Put a genuine copy of {missing} there (or delete {found[0]} to use what remains); "
+            "the course does not fall back to another split while a file is missing.")
+
+
 def _locate(root: Path, split: str):
     """Which file prefix and rows make up ``split`` here, and the sentence saying so."""
+    _check_complete(root, "train")
+    _check_complete(root, "t10k")
     if _have(root, "train"):
         prefix = "train" if split == "train" else "t10k"
         return prefix, slice(None), f"standard MNIST {split} split ({60000 if split == 'train' else 10000} images)"
@@ -203,7 +217,9 @@ def load_mnist(split: str = "train", *, root=None, flat: bool = True, binarize: 
     FileNotFoundError
         No usable files: the message names the folder and the four file names.
     MnistFileError
-        A file is corrupted or truncated (md5 or format check).
+        A file is corrupted or truncated (md5 or format check), an images file and
+        its labels file disagree in length, or only one file of a pair exists. The
+        message names the file and the fix; it never falls back to another split.
     """
     _check_split(split)
     if binarize not in (None, "threshold", "sample"):
@@ -218,10 +234,15 @@ def load_mnist(split: str = "train", *, root=None, flat: bool = True, binarize: 
                       f"split, train = test images 0-{FALLBACK_TRAIN_SIZE - 1}, test = test images "
                       f"{FALLBACK_TRAIN_SIZE}-9999. Results are not comparable with the standard split.",
                       OfflineSplitWarning, stacklevel=2)
-    images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte.gz"), "images")[rows]
-    labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte.gz"), "labels")[rows]
+    image_file = _find(root, f"{prefix}-images-idx3-ubyte.gz")
+    label_file = _find(root, f"{prefix}-labels-idx1-ubyte.gz")
+    images, labels = _read_idx(image_file, "images"), _read_idx(label_file, "labels")
     if len(images) != len(labels):
-        raise MnistFileError(f"{_raw(root)}: {len(images)} images but {len(labels)} labels for '{prefix}'")
+        raise MnistFileError(
+            f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels. "
+            "One of the two is not the genuine file: replace both with genuine copies (or delete them "
+            "and run again with internet access).")
+    images, labels = images[rows], labels[rows]
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")

@@ -1,5 +1,6 @@
-"""Shared fixtures: the offline MNIST folder and a clean warnings/cache state."""
+"""Shared fixtures: the MNIST folder, an offline-fallback folder, and a clean warnings/cache state."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ def shared_data():
     if path is None:
         pytest.skip("no MNIST test split found (set COURSE_DATA or provide ../shared/data)")
     return path
+
+
+@pytest.fixture
+def fallback_data(shared_data, tmp_path):
+    """A data folder with only the two MNIST test files (what a user without the training
+    files has), copied from the shared folder: the offline fallback split, whatever
+    ``../shared/data`` holds."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(shared_data / "MNIST" / "raw" / name, raw / name)
+    return tmp_path
 
 
 @pytest.fixture(autouse=True)

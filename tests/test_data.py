@@ -1,5 +1,6 @@
-"""helpers.data against independent parsing of the IDX files, on the real
-offline test split and on small synthetic folders."""
+"""helpers.data against independent parsing of the IDX files: on the real MNIST files
+(the standard split, and the offline fallback in a temporary folder holding only the two
+test files) and on small synthetic folders."""
 import gzip
 import shutil
 import struct
@@ -46,26 +47,91 @@ def _synthetic_folder(root, with_train):
     return content
 
 
-def test_offline_fallback_on_the_shared_test_split(shared_data):
-    raw = shared_data / "MNIST" / "raw"
+def test_offline_fallback_with_only_the_test_files(fallback_data):
+    raw = fallback_data / "MNIST" / "raw"
     images = _parse_independently(raw / "t10k-images-idx3-ubyte.gz")
     labels = _parse_independently(raw / "t10k-labels-idx1-ubyte.gz")
     with pytest.warns(OfflineSplitWarning, match="offline fallback"):
-        x_train, y_train = load_mnist("train", root=shared_data, download=False)
-    x_test, y_test = load_mnist("test", root=shared_data, download=False)
+        x_train, y_train = load_mnist("train", root=fallback_data, download=False)
+    x_test, y_test = load_mnist("test", root=fallback_data, download=False)
     assert x_train.shape == (8000, 784) and x_test.shape == (2000, 784)
     assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
     np.testing.assert_allclose(x_train.numpy(), images[:8000].reshape(8000, 784) / 255.0, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(y_train.numpy(), labels[:8000])
     np.testing.assert_array_equal(y_test.numpy(), labels[8000:])
-    assert "NOT the standard split" in mnist_split_info("train", root=shared_data)
-    assert "8000-9999" in mnist_split_info("test", root=shared_data)
+    assert "NOT the standard split" in mnist_split_info("train", root=fallback_data)
+    assert "8000-9999" in mnist_split_info("test", root=fallback_data)
 
 
-def test_fallback_warns_once(shared_data, recwarn):
-    load_mnist("train", root=shared_data, download=False)
-    load_mnist("test", root=shared_data, download=False)
+def test_fallback_warns_once(fallback_data, recwarn):
+    load_mnist("train", root=fallback_data, download=False)
+    load_mnist("test", root=fallback_data, download=False)
     assert sum(issubclass(w.category, OfflineSplitWarning) for w in recwarn) == 1
+
+
+def _standard_folder(shared_data):
+    if not (shared_data / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("the shared data folder has only the test split")
+    return shared_data
+
+
+def test_standard_split_on_the_real_files(shared_data, recwarn):
+    root = _standard_folder(shared_data)
+    raw = root / "MNIST" / "raw"
+    x_train, y_train = load_mnist("train", root=root, download=False)
+    x_test, y_test = load_mnist("test", root=root, download=False)
+    assert x_train.shape == (60000, 784) and x_test.shape == (10000, 784)
+    train_images = _parse_independently(raw / "train-images-idx3-ubyte.gz")
+    np.testing.assert_allclose(x_train[-100:].numpy(), train_images[-100:].reshape(100, 784) / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(y_train.numpy(), _parse_independently(raw / "train-labels-idx1-ubyte.gz"))
+    np.testing.assert_array_equal(y_test.numpy(), _parse_independently(raw / "t10k-labels-idx1-ubyte.gz"))
+    assert not any(issubclass(w.category, OfflineSplitWarning) for w in recwarn)
+    assert mnist_split_info("train", root=root) == "standard MNIST train split (60000 images)"
+    assert mnist_split_info("test", root=root) == "standard MNIST test split (10000 images)"
+
+
+def _copy_standard(shared_data, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copy(_standard_folder(shared_data) / "MNIST" / "raw" / name, raw / name)
+    return raw
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other bytes"])
+def test_damaged_training_images_raise_and_never_fall_back(shared_data, tmp_path, damage, recwarn):
+    raw = _copy_standard(shared_data, tmp_path)
+    bad = raw / "train-images-idx3-ubyte.gz"
+    content = bad.read_bytes()
+    bad.write_bytes(content[:len(content) // 2] if damage == "truncated" else content[:-1] + bytes([content[-1] ^ 0xFF]))
+    with pytest.raises(MnistFileError, match="md5") as err:
+        load_mnist("train", root=tmp_path, download=False)
+    assert str(bad) in str(err.value) and "Delete it" in str(err.value)
+    x_test, _ = load_mnist("test", root=tmp_path, download=False)  # still the standard test split
+    assert x_test.shape == (10000, 784)
+    assert not any(issubclass(w.category, OfflineSplitWarning) for w in recwarn)
+
+
+def test_missing_half_of_the_training_pair_raises(shared_data, tmp_path, recwarn):
+    raw = _copy_standard(shared_data, tmp_path)
+    (raw / "train-labels-idx1-ubyte.gz").unlink()
+    for split in ("train", "test"):
+        with pytest.raises(MnistFileError, match="train-labels-idx1-ubyte.gz") as err:
+            load_mnist(split, root=tmp_path, download=False)
+        assert "does not fall back" in str(err.value)
+    with pytest.raises(MnistFileError):
+        mnist_split_info("train", root=tmp_path)
+    assert not any(issubclass(w.category, OfflineSplitWarning) for w in recwarn)
+
+
+def test_images_and_labels_of_different_lengths_raise(tmp_path):
+    _synthetic_folder(tmp_path, with_train=True)
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx(raw / "train-labels-idx1-ubyte", np.zeros(11))  # 12 images, 11 labels
+    with pytest.raises(MnistFileError, match="12 images") as err:
+        load_mnist("train", root=tmp_path, download=False)
+    assert "train-images-idx3-ubyte" in str(err.value) and "train-labels-idx1-ubyte" in str(err.value)
+    assert "replace both" in str(err.value)
 
 
 def test_image_shape_and_binarizations(shared_data):
@@ -108,15 +174,11 @@ def test_empty_folder_names_folder_and_all_four_files(tmp_path):
         assert name in message
 
 
-def test_corrupted_gz_file_is_reported(shared_data, tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(shared_data / "MNIST" / "raw" / name, raw / name)
-    damaged = raw / "t10k-images-idx3-ubyte.gz"
+def test_corrupted_gz_file_is_reported(fallback_data):
+    damaged = fallback_data / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
     damaged.write_bytes(damaged.read_bytes()[:-100])  # a truncated download
     with pytest.raises(MnistFileError, match="md5") as err:
-        load_mnist("test", root=tmp_path, download=False)
+        load_mnist("test", root=fallback_data, download=False)
     assert str(damaged) in str(err.value) and "Delete it" in str(err.value)
 
 
