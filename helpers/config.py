@@ -7,6 +7,7 @@ fast mode          ``COURSE_FAST`` (1/true/yes/on)      off (full classroom mode
 presentation mode  ``COURSE_PRESENT`` (1/true/yes/on)   off (lecturer mode: big fonts, checkpoints)
 data folder        ``COURSE_DATA``                      ``<repo>/data`` (git-ignored)
 device             ``COURSE_DEVICE`` (cpu, cuda, ...)   CUDA when present, else CPU
+notebook seed      ``COURSE_SEED`` (integer >= 0)       0
 =================  ===================================  ==========================
 
 Fast mode shrinks epochs, data and chain lengths so that every notebook runs in
@@ -116,6 +117,26 @@ def device(name: str | None = None):
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def course_seed() -> int:
+    """The notebooks' seed: ``$COURSE_SEED`` (a non-negative integer), 0 when unset.
+
+    Rerunning a notebook with ``COURSE_SEED=1``, ``2``, ... checks that its results and
+    asserts do not hinge on one lucky seed.
+
+    Raises
+    ------
+    ValueError
+        If ``COURSE_SEED`` is not a non-negative integer.
+    """
+    raw = os.environ.get("COURSE_SEED", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"COURSE_SEED={raw!r} is not a non-negative integer; use e.g. COURSE_SEED=1, "
+                         "or unset it for the default seed 0.")
+    return int(raw)
 
 
 def seed_everything(seed: int = 0):

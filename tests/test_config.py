@@ -105,3 +105,16 @@ def test_setup_notebook_prints_seed_and_reproduces(monkeypatch, capsys):
         b = torch.rand(4), torch.rand(4, generator=g2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert "seed = 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, expected", [("", 0), ("0", 0), ("3", 3), (" 12 ", 12)])
+def test_course_seed_reads_course_seed(monkeypatch, value, expected):
+    monkeypatch.setenv("COURSE_SEED", value)
+    assert config.course_seed() == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "one"])
+def test_course_seed_rejects_non_integers(monkeypatch, value):
+    monkeypatch.setenv("COURSE_SEED", value)
+    with pytest.raises(ValueError, match="COURSE_SEED"):
+        config.course_seed()
