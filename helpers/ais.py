@@ -32,10 +32,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import checkpoint as checkpoint_io
 from ._linear import linear_for
 from .rbm import BernoulliRBM, _resolve_threads, _torch_threads, base_rate_visible_bias
 
 __all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "log_likelihood", "base_log_partition"]
+
+
+_AIS_FORMAT = "helpers.ais result 1"
 
 
 class AISResult(NamedTuple):
@@ -92,7 +96,7 @@ def _betas(n_betas, betas):
 def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None = None, *,
                       betas: torch.Tensor | None = None, base_visible_bias: torch.Tensor | None = None,
                       data: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      progress: bool = True, num_threads="auto") -> AISResult:
+                      progress: bool = True, num_threads="auto", checkpoint=None) -> AISResult:
     """Estimate log Z of ``rbm`` (nats) by annealed importance sampling from a base-rate model.
 
     Parameters
@@ -124,6 +128,11 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
         < helpers.rbm.SMALL_MATMUL``, e.g. 100 runs of a 784 x 20 model: a second
         thread gains little there and, on a busy 2-core machine, made AIS more
         than 10x slower), else torch's setting; ``None``: torch's setting.
+    checkpoint : path, optional
+        Cache the run's log-weights there (lecturer mode: ``helpers.config.checkpoint_path``).
+        A file made for the same RBM parameters, base model, schedule, number of runs and
+        generator state is loaded instead of annealing again (weights-only loading, as for
+        the trainers' checkpoints); a loaded result leaves ``generator`` untouched.
 
     Returns
     -------
@@ -157,8 +166,19 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
         a_base = torch.zeros(M, dtype=dt, device=dev)
     log_z_base = base_log_partition(N, a_base)
 
-    with _torch_threads(_resolve_threads(num_threads, n_runs * M * N)):
-        log_w = _anneal(rbm, a_base, schedule, n_runs, generator, progress)
+    stored, fingerprint = None, None
+    if checkpoint is not None:
+        fingerprint = {"rbm": checkpoint_io.digest(rbm.W, rbm.a, rbm.b), "base": checkpoint_io.digest(a_base),
+                       "betas": checkpoint_io.digest(schedule), "n_runs": n_runs,
+                       "generator": "none" if generator is None else checkpoint_io.digest(generator.get_state())}
+        stored = checkpoint_io.load(checkpoint, fingerprint, _AIS_FORMAT, what="AIS result", redo="running AIS")
+    if stored is not None:
+        log_w = stored[0]["log_weights"]
+    else:
+        with _torch_threads(_resolve_threads(num_threads, n_runs * M * N)):
+            log_w = _anneal(rbm, a_base, schedule, n_runs, generator, progress)
+        if checkpoint is not None:
+            checkpoint_io.save(checkpoint, fingerprint, _AIS_FORMAT, {"log_weights": log_w}, {})
     log_mean_w = torch.logsumexp(log_w, 0).item() - math.log(n_runs)
     w = torch.exp(log_w - log_w.max())  # scaled weights in (0, 1], the largest is 1
     ess = float(w.sum() ** 2 / (w ** 2).sum())

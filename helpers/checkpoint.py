@@ -30,7 +30,8 @@ def digest(*tensors) -> str:
     return h.hexdigest()[:16]
 
 
-def load(path, fingerprint: dict, kind: str, map_location="cpu"):
+def load(path, fingerprint: dict, kind: str, map_location="cpu", *, what: str = "trained weights",
+         redo: str = "training"):
     """``(state, history)`` stored at ``path`` for this exact ``fingerprint``, or None.
 
     Parameters
@@ -42,7 +43,9 @@ def load(path, fingerprint: dict, kind: str, map_location="cpu"):
         What the file must say it is, e.g. ``"helpers.vae checkpoint 1"``.
 
     Prints why a file is ignored (unsafe or corrupted, foreign, or made with a
-    different configuration, naming the entries that differ) or that it was loaded.
+    different configuration, naming the entries that differ) or that it was loaded;
+    ``what`` and ``redo`` name the cached thing and the work a miss repeats in those
+    messages (e.g. ``"AIS result"`` and ``"running AIS"``).
     """
     path = Path(path)
     if not path.exists():
@@ -52,21 +55,24 @@ def load(path, fingerprint: dict, kind: str, map_location="cpu"):
     except Exception as err:  # unsafe pickle (UnpicklingError), not a torch file, truncated zip, ...
         reason = " ".join(str(err).split())[:200]
         print(f"Checkpoint {path} could not be loaded safely ({type(err).__name__}: {reason}); "
-              "ignoring it: training again and overwriting it.")
+              f"ignoring it: {redo} again and overwriting it.")
         return None
     if not (isinstance(ckpt, dict) and ckpt.get("format") == kind
             and {"fingerprint", "state", "history"} <= ckpt.keys()):
-        print(f"Checkpoint {path} is not a {kind.rsplit(' ', 1)[0]}; training again and overwriting it.")
+        print(f"Checkpoint {path} is not a {kind.rsplit(' ', 1)[0]}; {redo} again and overwriting it.")
         return None
     old = ckpt["fingerprint"]
     changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
     if changed:
         print(f"Checkpoint {path} was made with a different configuration (differs in: {', '.join(changed)}); "
-              "training again and overwriting it.")
+              f"{redo} again and overwriting it.")
         return None
-    print(f"Loaded the trained weights from {path} (same configuration: model, data, seed, "
-          f"{fingerprint.get('n_epochs', '?')} epochs, learning rate, batch size); not training. "
-          "Delete the file to retrain.")
+    if what == "trained weights":
+        print(f"Loaded the trained weights from {path} (same configuration: model, data, seed, "
+              f"{fingerprint.get('n_epochs', '?')} epochs, learning rate, batch size); not training. "
+              "Delete the file to retrain.")
+    else:
+        print(f"Loaded the {what} from {path} (same configuration); not {redo}. Delete the file to redo it.")
     return ckpt["state"], ckpt["history"]
 
 

@@ -424,7 +424,7 @@ def log_importance_weights(model: VAE, x, z, mu=None, logvar=None):
 
 @torch.no_grad()
 def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: torch.Generator | None = None,
-                        batch_size: int = 64):
+                        batch_size: int = 64, checkpoint=None):
     """Importance-weighted estimate of log p(x) in nats per image (Burda et al. 2016):
 
         log p(x) ~ log (1/k) sum_{i=1..k} p(x, z_i) / q(z_i | x),   z_i ~ q(z | x).
@@ -439,6 +439,11 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
     sample at a time (an (n, latent_dim) block each), so the result does not
     depend on ``batch_k`` or ``batch_size``.
 
+    ``checkpoint`` (a path, e.g. from ``helpers.config.checkpoint_path`` in lecturer mode)
+    caches the result: a file made for the same model weights, images, k and generator
+    state is loaded instead of recomputing (weights-only loading; ``generator`` is then
+    left untouched).
+
     Returns
     -------
     Tensor (n,): the estimate for each image of ``x``.
@@ -447,6 +452,15 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     model.check_input(x)
+    if checkpoint is not None:
+        fingerprint = checkpoint_io.module_fingerprint(model, x=x, k=k, generator=generator)
+        stored = checkpoint_io.load(checkpoint, fingerprint, _IWAE_FORMAT, what="IWAE estimate",
+                                    redo="computing it")
+        if stored is not None:
+            return stored[0]["log_px"].to(x.device)
+        out = iwae_log_likelihood(model, x, k, batch_k, generator, batch_size)
+        checkpoint_io.save(checkpoint, fingerprint, _IWAE_FORMAT, {"log_px": out.cpu()}, {})
+        return out
     n = x.shape[0]
     mus, logvars = zip(*(model.encoder(x[i:i + batch_size]) for i in range(0, n, batch_size)))
     mu, logvar = torch.cat(mus), torch.cat(logvars)
@@ -628,6 +642,7 @@ def _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic
 
 
 _CHECKPOINT_FORMAT = "helpers.vae checkpoint 2"
+_IWAE_FORMAT = "helpers.vae IWAE estimate 1"
 
 
 def _is_binary(x):

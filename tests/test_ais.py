@@ -133,3 +133,30 @@ def test_log_likelihood_bad_input():
         log_likelihood(rbm, torch.full((1, 4), 0.5), 1.0)
     with pytest.raises(ValueError, match="finite"):
         log_likelihood(rbm, torch.zeros(1, 4), float("nan"))
+
+
+def test_ais_checkpoint_caches_the_run_and_notices_a_changed_model(tmp_path, capsys):
+    rbm = random_rbm(20, 6, seed=3, scale=0.5)
+    path = tmp_path / "ais.pt"
+
+    def run(model, seed=5):
+        return ais_log_partition(model, n_runs=20, n_betas=200, generator=torch.Generator().manual_seed(seed),
+                                 progress=False, checkpoint=path)
+
+    first = run(rbm)
+    assert path.exists()
+    gen = torch.Generator().manual_seed(5)
+    again = ais_log_partition(rbm, n_runs=20, n_betas=200, generator=gen, progress=False, checkpoint=path)
+    assert "Loaded the AIS result" in capsys.readouterr().out
+    assert torch.equal(again.log_weights, first.log_weights) and again.log_z == first.log_z
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())  # untouched when loaded
+    fresh = ais_log_partition(rbm, n_runs=20, n_betas=200, generator=torch.Generator().manual_seed(5),
+                              progress=False)
+    assert torch.equal(fresh.log_weights, first.log_weights)  # the cache stores what a fresh run computes
+    changed = random_rbm(20, 6, seed=3, scale=0.5)
+    changed.W = changed.W + 0.01
+    other = run(changed)
+    assert "differs in: rbm" in capsys.readouterr().out
+    assert not torch.equal(other.log_weights, first.log_weights)
+    run(rbm, seed=6)
+    assert "differs in: generator" in capsys.readouterr().out

@@ -496,3 +496,20 @@ def test_kl_warmup_starts_from_a_zero_kl_weight():
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
     with pytest.raises(ValueError, match="kl_warmup"):
         train_vae(a, x, n_epochs=1, kl_warmup=-1, progress=False)
+
+
+def test_iwae_checkpoint_caches_the_estimate(tmp_path, capsys):
+    model, x = tiny_vae(), binary(20, seed=40)
+    path = tmp_path / "iwae.pt"
+    first = iwae_log_likelihood(model, x, k=16, generator=gen(1), checkpoint=path)
+    assert torch.equal(first, iwae_log_likelihood(model, x, k=16, generator=gen(1)))  # the same as uncached
+    g = gen(1)
+    again = iwae_log_likelihood(model, x, k=16, generator=g, checkpoint=path)
+    assert "Loaded the IWAE estimate" in capsys.readouterr().out
+    assert torch.equal(again, first) and torch.equal(g.get_state(), gen(1).get_state())
+    iwae_log_likelihood(model, x, k=8, generator=gen(1), checkpoint=path)
+    assert "differs in: k" in capsys.readouterr().out
+    with torch.no_grad():
+        model.decoder.net[-1].bias.add_(0.1)
+    iwae_log_likelihood(model, x, k=8, generator=gen(1), checkpoint=path)
+    assert "differs in: initial_weights" in capsys.readouterr().out
