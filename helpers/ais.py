@@ -30,11 +30,10 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint as checkpoint_io
 from ._linear import linear_for
-from .rbm import BernoulliRBM, _resolve_threads, _torch_threads, base_rate_visible_bias
+from .rbm import BernoulliRBM, _resolve_threads, _softplus, _torch_threads, base_rate_visible_bias
 
 __all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "log_likelihood", "base_log_partition"]
 
@@ -70,7 +69,7 @@ class LogLikelihood(NamedTuple):
 
 def base_log_partition(n_hidden: int, base_visible_bias: torch.Tensor) -> float:
     """log Z of the base model (``W = 0``, ``b = 0``, visible bias ``a_A``): ``N log 2 + sum_i softplus(a_A_i)``."""
-    return n_hidden * math.log(2.0) + float(F.softplus(base_visible_bias.to(torch.float64)).sum())
+    return n_hidden * math.log(2.0) + float(_softplus(base_visible_bias.to(torch.float64)).sum())
 
 
 def _betas(n_betas, betas):
@@ -214,7 +213,7 @@ def _anneal(rbm, a_base, schedule, n_runs, generator, progress):
             ext = lin(x, Wd.T, None, "none").to(torch.float64)
             pre = ext[:, :N] + b64  # b + x W, float64
             # log p*_k(x) - log p*_{k-1}(x) at the current x
-            log_w += (beta - prev) * ext[:, N] + (F.softplus(beta * pre) - F.softplus(prev * pre)).sum(1)
+            log_w += (beta - prev) * ext[:, N] + (_softplus(beta * pre) - _softplus(prev * pre)).sum(1)
             if step < K:  # Gibbs transition leaving p_k invariant
                 ph = torch.sigmoid(beta * pre).to(dt)
                 torch.lt(torch.rand(n_runs, N, generator=generator, dtype=dt, device=dev, out=rnd_h), ph, out=h)

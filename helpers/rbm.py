@@ -65,6 +65,18 @@ def _chunks(n_units: int, chunk: int, dtype, device):
         yield binary_states(n_units, start, min(start + chunk, total), dtype, device)
 
 
+
+def _softplus(x):
+    """log(1 + e^x), exact to rounding in float32 and float64.
+
+    ``F.softplus`` returns x itself for x > 20, an absolute error of log(1 + e^-20) = 2e-9:
+    below float32's resolution at those values, but a million times float64's. In float64
+    the switch moves to x > 40 (error 4e-18), so that exact float64 computations (log Z,
+    probabilities summing to 1) hold to rounding.
+    """
+    return F.softplus(x, threshold=40.0) if x.dtype == torch.float64 else F.softplus(x)
+
+
 class BernoulliRBM:
     """Restricted Boltzmann machine with binary visible and hidden units.
 
@@ -170,7 +182,7 @@ class BernoulliRBM:
         return -(x @ self.a) - (h @ self.b) - ((x @ self.W) * h).sum(1)
 
     def _free_energy(self, x):
-        return -(x @ self.a) - F.softplus(x @ self.W + self.b).sum(1)
+        return -(x @ self.a) - _softplus(x @ self.W + self.b).sum(1)
 
     def free_energy(self, x):
         """F(x) = -a.x - sum_j softplus(b_j + (xW)_j) in nats; ``x`` (B, M) -> shape (B,)."""
@@ -208,7 +220,7 @@ class BernoulliRBM:
     def _log_weights(self, states, layer):
         """Unnormalised log-probabilities of the smaller layer's states (rows)."""
         if layer == "hidden":  # log sum_x exp(-E(x, h)) = b.h + sum_i softplus(a_i + (W h)_i)
-            return states @ self.b + F.softplus(states @ self.W.T + self.a).sum(1)
+            return states @ self.b + _softplus(states @ self.W.T + self.a).sum(1)
         return -self._free_energy(states)
 
     def log_partition_exact(self, chunk: int = DEFAULT_CHUNK, max_units: int = MAX_EXACT_UNITS):
@@ -461,7 +473,7 @@ def cd_loss(params, x, x_neg):
 
     def free_energy(v):
         v = v.to(W.dtype)
-        return -(v @ a) - F.softplus(v @ W + b).sum(1)
+        return -(v @ a) - _softplus(v @ W + b).sum(1)
 
     return free_energy(x).mean() - free_energy(x_neg.detach()).mean()
 
@@ -505,20 +517,20 @@ def _pll_bits(rbm, x, bits=None, chunk_elems: int = 2**22, pre=None):
     bit ``bits[n]`` for row n; ``x`` already validated, ``pre = x W + b`` if known."""
     W, a = rbm.W, rbm.a
     pre = x @ W + rbm.b if pre is None else pre  # (B, N)
-    soft = F.softplus(pre).sum(1)  # (B,)
+    soft = _softplus(pre).sum(1)  # (B,)
     sign = 1 - 2 * x  # x~_i - x_i for the flipped bit
     if bits is not None:
         rows = torch.arange(x.shape[0], device=x.device)
         s = sign[rows, bits]  # (B,)
-        d_free = s * a[bits] + F.softplus(pre + s[:, None] * W[bits]).sum(1) - soft  # F(x) - F(x~)
-        return -F.softplus(d_free)
+        d_free = s * a[bits] + _softplus(pre + s[:, None] * W[bits]).sum(1) - soft  # F(x) - F(x~)
+        return -_softplus(d_free)
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     step = max(1, chunk_elems // max(1, x.shape[0] * rbm.n_hidden))
     for i in range(0, rbm.n_visible, step):
         s = sign[:, i:i + step]  # (B, c)
         flipped = pre[:, None, :] + s[:, :, None] * W[i:i + step][None]  # (B, c, N)
-        d_free = s * a[i:i + step] + F.softplus(flipped).sum(2) - soft[:, None]
-        total -= F.softplus(d_free).sum(1)  # log sigmoid(F(x~) - F(x)) = -softplus(F(x) - F(x~))
+        d_free = s * a[i:i + step] + _softplus(flipped).sum(2) - soft[:, None]
+        total -= _softplus(d_free).sum(1)  # log sigmoid(F(x~) - F(x)) = -softplus(F(x) - F(x~))
     return total
 
 
@@ -840,7 +852,7 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
             if x_valid is None:
                 history["free_energy_gap"].append(None)
             else:
-                f_train = -(x_mon[:n_gap] @ a) - F.softplus(pre_mon[:n_gap]).sum(1)
+                f_train = -(x_mon[:n_gap] @ a) - _softplus(pre_mon[:n_gap]).sum(1)
                 history["free_energy_gap"].append(float(rbm._free_energy(x_gap_valid).mean() - f_train.mean()))
             bar.set_postfix(recon=f"{history['recon_error'][-1]:.4f}",
                             pll=f"{history['pseudo_log_likelihood'][-1]:.1f}")

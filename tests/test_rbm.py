@@ -53,6 +53,20 @@ def test_free_energy_log_likelihood_and_energy(m, n):
     assert rbm.energy(xs[i:i + 1], hs[j:j + 1]).item() == pytest.approx(-neg_energy[i, j].item(), abs=1e-12)
 
 
+@pytest.mark.parametrize("m, n", [(6, 4), (3, 7)])
+def test_large_fields_stay_exact_in_float64(m, n):
+    """Fields above 20, where torch's softplus switches to the identity (an error of 2e-9): the
+    free energy, log Z and the normalisation must still hold to float64 rounding (week 10's
+    exactly trained models reach such fields)."""
+    rbm = random_rbm(m, n, seed=1, scale=8.0)
+    xs, hs, neg_energy, _ = brute_force(rbm)
+    assert (xs @ rbm.W + rbm.b).max() > 20 and (hs @ rbm.W.T + rbm.a).max() > 20  # both layers' fields
+    log_z = torch.logsumexp(neg_energy.flatten(), 0).item()
+    assert torch.allclose(rbm.free_energy(xs), -torch.logsumexp(neg_energy, dim=1), rtol=0, atol=1e-12)
+    assert abs(rbm.log_partition_exact().item() - log_z) < 1e-11
+    assert abs(rbm.log_likelihood_exact(xs).exp().sum().item() - 1) < 1e-13
+
+
 def test_conditionals_match_ratios_of_the_joint():
     rbm = random_rbm(4, 3, seed=2)
     xs, hs, neg_energy, _ = brute_force(rbm)
