@@ -309,12 +309,68 @@ def draw_autoencoder_schematic(path=None, dpi: int = 150):
     return fig
 
 
+def draw_rbm_graph(path=None, n_visible: int = 6, n_hidden: int = 4, dpi: int = 150):
+    """Draw the bipartite graph of a Bernoulli RBM: visible units x_i with biases a_i
+    in the bottom row, hidden units h_j with biases b_j in the top row, one edge (a
+    coupling W_ij) for every visible-hidden pair and none within a layer; save it to
+    ``path`` when given.
+
+    The units are ``matplotlib.patches.Circle`` patches (``n_visible + n_hidden``),
+    the edges ``Line2D`` objects in ``ax.lines`` (``n_visible * n_hidden``); one
+    edge is highlighted and labelled with the generic coupling W_ij.
+
+    Returns the figure.
+    """
+    from matplotlib.patches import Circle
+
+    if n_visible < 2 or n_hidden < 1:
+        raise ValueError(f"need n_visible >= 2 and n_hidden >= 1, got {n_visible} and {n_hidden}")
+    width = max(n_visible, n_hidden)
+    x_vis = np.arange(n_visible) - (n_visible - 1) / 2
+    x_hid = np.arange(n_hidden) - (n_hidden - 1) / 2
+    y_vis, y_hid, radius = 0.0, 2.4, 0.32
+    blue, green, red = "#c6dbef", "#c7e9c0", "#c0392b"
+    i_ex, j_ex = 1, max(n_hidden - 2, 0)                  # the highlighted edge: x_2 - h_(N-1)
+    left = -width / 2 - 0.55                                  # right edge of the row labels
+    xlim, ylim = (left - 1.5, width / 2 + 0.5), (y_vis - 1.6, y_hid + 0.85)
+
+    fig, ax = plt.subplots(figsize=(0.8 * (xlim[1] - xlim[0]), 0.8 * (ylim[1] - ylim[0]) + 0.5))
+    for i, xv in enumerate(x_vis):
+        for j, xh in enumerate(x_hid):
+            example = (i, j) == (i_ex, j_ex)
+            ax.plot([xv, xh], [y_vis, y_hid], color=red if example else "0.6", lw=2.6 if example else 0.9,
+                    zorder=2 if example else 1)
+    xl, yl = x_vis[i_ex] + 0.3 * (x_hid[j_ex] - x_vis[i_ex]), y_vis + 0.3 * (y_hid - y_vis)
+    ax.text(xl - 0.1, yl, r"$W_{ij}$", color=red, fontsize=15, ha="right", va="center",
+            bbox=dict(fc="white", ec="none", pad=0.5), zorder=2)
+    for xs, y, color, unit, bias, dy in ((x_vis, y_vis, blue, "x", "a", -1), (x_hid, y_hid, green, "h", "b", 1)):
+        for k, xc in enumerate(xs):
+            ax.add_patch(Circle((xc, y), radius, fc=color, ec="black", lw=1.2, zorder=3))
+            ax.text(xc, y, f"${unit}_{{{k + 1}}}$", ha="center", va="center", fontsize=14, zorder=4)
+            ax.text(xc, y + dy * (radius + 0.1), f"${bias}_{{{k + 1}}}$", ha="center",
+                    va="top" if dy < 0 else "bottom", fontsize=12, color="0.2")
+    ax.text(left, y_hid, "hidden units $h_j$\nbiases $b_j$", ha="right", va="center", fontsize=11)
+    ax.text(left, y_vis, "visible units $x_i$\nbiases $a_i$", ha="right", va="center", fontsize=11)
+    ax.text((xlim[0] + xlim[1]) / 2, y_vis - 0.95,
+            rf"a coupling $W_{{ij}}$ on every edge $x_i$ - $h_j$ (red: $W_{{{i_ex + 1}{j_ex + 1}}}$)" "\n"
+            rf"{n_visible} $\times$ {n_hidden} edges, none within a layer", ha="center", va="top", fontsize=11)
+    ax.set_title(r"$E(x, h) = -a\cdot x - b\cdot h - x^\top W h$", fontsize=14)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if path is not None:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.15)
+    return fig
+
+
 if __name__ == "__main__":  # regenerate the committed figure: python -m helpers.plotting
     import matplotlib
 
     from .config import REPO_ROOT
 
     matplotlib.use("Agg")
-    out = REPO_ROOT / "figures" / "autoencoder_schematic.png"
-    draw_autoencoder_schematic(out, dpi=120)
-    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
+    for name, draw in (("autoencoder_schematic", draw_autoencoder_schematic), ("rbm_bipartite_graph", draw_rbm_graph)):
+        out = REPO_ROOT / "figures" / f"{name}.png"
+        draw(out, dpi=120)
+        print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")

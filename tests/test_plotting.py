@@ -152,3 +152,41 @@ def test_schematic_draws_and_saves(tmp_path):
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert {"$x$", "$z$", r"$\hat{x}$", "encoder", "decoder"} <= texts
     assert any("h$ in the notes" in t for t in texts)
+
+
+@pytest.mark.parametrize("n_visible, n_hidden", [(6, 4), (3, 5)])
+def test_rbm_graph_is_complete_bipartite_and_labelled(tmp_path, n_visible, n_hidden):
+    from matplotlib.patches import Circle
+
+    path = tmp_path / "rbm.png"
+    fig = plotting.draw_rbm_graph(path, n_visible=n_visible, n_hidden=n_hidden, dpi=50)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = fig.axes[0]
+    units = [p for p in ax.patches if isinstance(p, Circle)]
+    assert len(units) == n_visible + n_hidden
+    rows = {}
+    for u in units:
+        rows.setdefault(round(u.center[1], 9), set()).add(round(u.center[0], 9))
+    assert sorted(len(r) for r in rows.values()) == sorted([n_visible, n_hidden])
+    (y_low, low), (y_high, high) = sorted(rows.items())
+    assert len(low) == n_visible                      # visible units in the bottom row
+    # every edge joins a visible and a hidden unit, and every such pair has exactly one edge
+    pairs = []
+    for line in ax.lines:
+        (x0, x1), (y0, y1) = line.get_xdata(), line.get_ydata()
+        assert (round(y0, 9), round(y1, 9)) == (y_low, y_high), "an edge within a layer"
+        pairs.append((round(x0, 9), round(x1, 9)))
+    assert len(pairs) == n_visible * n_hidden == len(set(pairs))
+    assert set(pairs) == {(a, b) for a in low for b in high}
+    texts = {t.get_text() for t in ax.texts}
+    for k in range(1, n_visible + 1):
+        assert {f"$x_{{{k}}}$", f"$a_{{{k}}}$"} <= texts
+    for k in range(1, n_hidden + 1):
+        assert {f"$h_{{{k}}}$", f"$b_{{{k}}}$"} <= texts
+    assert r"$W_{ij}$" in texts
+    assert "E(x, h)" in ax.get_title()
+
+
+def test_rbm_graph_rejects_too_few_units():
+    with pytest.raises(ValueError, match="n_visible >= 2"):
+        plotting.draw_rbm_graph(n_visible=1)
