@@ -165,19 +165,16 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
         a_base = torch.zeros(M, dtype=dt, device=dev)
     log_z_base = base_log_partition(N, a_base)
 
-    stored, fingerprint = None, None
-    if checkpoint is not None:
-        fingerprint = {"rbm": checkpoint_io.digest(rbm.W, rbm.a, rbm.b), "base": checkpoint_io.digest(a_base),
-                       "betas": checkpoint_io.digest(schedule), "n_runs": n_runs,
-                       "generator": "none" if generator is None else checkpoint_io.digest(generator.get_state())}
-        stored = checkpoint_io.load(checkpoint, fingerprint, _AIS_FORMAT, what="AIS result", redo="running AIS")
-    if stored is not None:
-        log_w = stored[0]["log_weights"]
-    else:
+    def anneal():
         with _torch_threads(_resolve_threads(num_threads, n_runs * M * N)):
-            log_w = _anneal(rbm, a_base, schedule, n_runs, generator, progress)
-        if checkpoint is not None:
-            checkpoint_io.save(checkpoint, fingerprint, _AIS_FORMAT, {"log_weights": log_w}, {})
+            return {"log_weights": _anneal(rbm, a_base, schedule, n_runs, generator, progress)}
+
+    fingerprint = None if checkpoint is None else {
+        "rbm": checkpoint_io.digest(rbm.W, rbm.a, rbm.b), "base": checkpoint_io.digest(a_base),
+        "betas": checkpoint_io.digest(schedule), "n_runs": n_runs,
+        "generator": "none" if generator is None else checkpoint_io.digest(generator.get_state())}
+    log_w = checkpoint_io.cached(checkpoint, fingerprint, _AIS_FORMAT, anneal, what="AIS result",
+                                 redo="running AIS")["log_weights"]
     log_mean_w = torch.logsumexp(log_w, 0).item() - math.log(n_runs)
     w = torch.exp(log_w - log_w.max())  # scaled weights in (0, 1], the largest is 1
     ess = float(w.sum() ** 2 / (w ** 2).sum())

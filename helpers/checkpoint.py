@@ -85,6 +85,24 @@ def save(path, fingerprint: dict, kind: str, state: dict, history: dict) -> None
     os.replace(tmp, path)
 
 
+def cached(path, fingerprint: dict, kind: str, compute, *, what: str, redo: str) -> dict:
+    """``compute()`` (a dict of tensors), cached at ``path`` for this ``fingerprint``.
+
+    ``path`` None (cache off) just computes. Otherwise a stored result with the same
+    fingerprint is loaded (weights-only, see :func:`load`; ``what`` and ``redo`` name the
+    result and the work in its messages), else it is computed and saved. Used for results
+    that are not modules: AIS log-weights, IWAE estimates.
+    """
+    if path is None:
+        return compute()
+    stored = load(path, fingerprint, kind, what=what, redo=redo)
+    if stored is not None:
+        return stored[0]
+    out = compute()
+    save(path, fingerprint, kind, out, {})
+    return out
+
+
 # ------------------------------------------------------------- hand-written training loops
 _MODULE_FORMAT = "helpers.checkpoint module 1"
 

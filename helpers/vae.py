@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as checkpoint_io
+from ._validate import check_count
 
 #: MNIST image shape (channels, height, width) expected by the convolutional encoder.
 IMAGE_SHAPE = (1, 28, 28)
@@ -454,13 +455,11 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
     model.check_input(x)
     if checkpoint is not None:
         fingerprint = checkpoint_io.module_fingerprint(model, x=x, k=k, generator=generator)
-        stored = checkpoint_io.load(checkpoint, fingerprint, _IWAE_FORMAT, what="IWAE estimate",
-                                    redo="computing it")
-        if stored is not None:
-            return stored[0]["log_px"].to(x.device)
-        out = iwae_log_likelihood(model, x, k, batch_k, generator, batch_size)
-        checkpoint_io.save(checkpoint, fingerprint, _IWAE_FORMAT, {"log_px": out.cpu()}, {})
-        return out
+        out = checkpoint_io.cached(
+            checkpoint, fingerprint, _IWAE_FORMAT,
+            lambda: {"log_px": iwae_log_likelihood(model, x, k, batch_k, generator, batch_size).cpu()},
+            what="IWAE estimate", redo="computing it")
+        return out["log_px"].to(x.device)
     n = x.shape[0]
     mus, logvars = zip(*(model.encoder(x[i:i + batch_size]) for i in range(0, n, batch_size)))
     mu, logvar = torch.cat(mus), torch.cat(logvars)
@@ -572,8 +571,6 @@ def aggregate_posterior_kl(mu, logvar, n_samples: int = 2000, generator: torch.G
     -------
     (estimate, standard_error), floats in nats.
     """
-    from ._validate import check_count
-
     if mu.dim() != 2 or mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar need the same shape (N, d), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
     n_samples = check_count("n_samples", n_samples, 2)
