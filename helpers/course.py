@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "render":
         return render(python, extra)
     if command == "lab":
-        cmd = [str(python), "-m", "jupyterlab", str(ROOT / "notebooks"), *extra]
+        # serve the repository (notebooks/ and solutions/), open the file browser in notebooks/
+        cmd = [str(python), "-m", "jupyterlab", str(ROOT), "--LabApp.default_url=/lab/tree/notebooks", *extra]
         if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
             cmd.append("--allow-root")  # containers often run as root; JupyterLab refuses without it
         env = dict(os.environ)

@@ -5,7 +5,7 @@
 * the standard kernelspec (python3), so every JupyterLab opens them the same way;
 * a title cell: '# Week NN — ...', what it teaches, how long it takes (with a number);
 * a setup cell that prints the seed it uses;
-* exercises at the end;
+* exercises at the end, followed only by their self-check cells (helpers.selfcheck);
 * no IPython magics (tests execute code cells as plain Python).
 """
 import re
@@ -64,10 +64,16 @@ def test_prints_its_seed(nb):
 
 
 def test_ends_with_exercises(nb):
+    # the last section is the exercises; after its heading come only Markdown and self-check cells
     path, notebook = nb
-    last = notebook.cells[-1]
-    assert last.cell_type == "markdown" and re.search(r"^#+\s*Exercises", last.source, re.M), \
-        f"{path.name}: the last cell must be Markdown with an 'Exercises' heading"
+    heads = [i for i, c in enumerate(notebook.cells)
+             if c.cell_type == "markdown" and re.search(r"^#+\s*Exercises", c.source, re.M)]
+    assert heads, f"{path.name}: no Markdown cell with an 'Exercises' heading"
+    after = notebook.cells[heads[-1] + 1:]
+    assert not any(c.cell_type == "markdown" and re.search(r"^##?\s", c.source, re.M) for c in after), \
+        f"{path.name}: a new section follows the exercises; the exercises must come last"
+    stray = [c.source[:60] for c in after if c.cell_type == "code" and "selfcheck." not in c.source]
+    assert not stray, f"{path.name}: code cells after the exercises must be self-checks (helpers.selfcheck): {stray}"
 
 
 def test_no_ipython_magics(nb):
