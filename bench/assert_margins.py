@@ -71,7 +71,7 @@ def _top_level_asserts(source: str):
 
 def _probe_cell(cell_index: int, asserts) -> str:
     """Source of a cell that evaluates both sides of each assert and prints them as JSON."""
-    items = [dict(cell=cell_index, text=t, left=l, op=o, right=r, in_loop=lp) for t, l, o, r, lp in asserts]
+    items = [dict(cell=cell_index, text=t, left=lhs, op=o, right=r, in_loop=lp) for t, lhs, o, r, lp in asserts]
     return (f"import json as _json\n_items = {items!r}\n_out = []\n"
             "for _it in _items:\n"
             "    _row = dict(_it)\n"
@@ -158,11 +158,15 @@ def main(argv=None):
                   f"measured{', FAILED: ' + res['error'] if res['error'] else ''}", flush=True)
             if args.out:
                 Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"\n{'notebook':44s} {'seed':>4s} {'cell':>4s}  {'value':>11s} {'op':>2s} {'bound':>11s} {'margin':>10s}  assert")
+    print(f"\n{'notebook':44s} {'seed':>4s} {'cell':>4s}  {'value':>11s} {'op':>2s} {'bound':>11s} "
+          f"{'margin':>10s}  assert")
+
+    def fmt(v):
+        return f"{v:11.4g}" if isinstance(v, float) else f"{str(v):>11s}"
+
     for res in results:
         for row in res["asserts"]:
             value, bound = row.get("left_value"), row.get("right_value")
-            fmt = (lambda v: f"{v:11.4g}" if isinstance(v, float) else f"{str(v):>11s}")
             margin = "" if row["margin"] is None else f"{row['margin']:10.3g}"
             print(f"{res['notebook'][10:54]:44s} {res['seed']:4d} {row['cell']:4d}  {fmt(value)} {row['op'][:2]:>2s} "
                   f"{fmt(bound)} {margin:>10s}  {row['text'][:70]}")

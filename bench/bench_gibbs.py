@@ -108,7 +108,8 @@ def main():
         print(f"  {threads} thread(s): scikit-learn gibbs {sk_rate:7.0f}/s | gibbs_sample {gs_rate:7.0f}/s "
               f"({gs_rate / sk_rate:.2f}x) | PersistentChains.step {pc_rate:7.0f}/s ({pc_rate / sk_rate:.2f}x) "
               f"| gibbs_sample with torch.addmm {addmm_rate:7.0f}/s ({addmm_rate / sk_rate:.2f}x)")
-        print(f"     goal {GOAL}x scikit-learn: {'met' if ratio >= GOAL else 'NOT met'} (worse of the two: {ratio:.2f}x)")
+        print(f"     goal {GOAL}x scikit-learn: {'met' if ratio >= GOAL else 'NOT met'} "
+              f"(worse of the two: {ratio:.2f}x)")
         rates[threads] = sk_rate, gs_rate
     torch.set_num_threads(default_threads)
     if len(rates) > 1 and rates[default_threads][0] < rates[1][0]:

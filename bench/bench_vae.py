@@ -177,7 +177,8 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {platform.processor() or platform.machine()}, "
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+          f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
 
     x, _ = load_mnist("train", binarize="threshold", flat=False)

@@ -253,7 +253,8 @@ def plot_training_curves(history: dict, keys=None, ax=None, ylabel: str = "nats 
     epochs = history.get("epoch", list(range(1, n + 1)))
     fig, ax = _axes(ax, (6, 4))
     for k in keys:
-        ax.plot(epochs[:len(history[k])], history[k], marker="o", ms=3, label=k.replace("_", " ").replace("elbo", "ELBO"))
+        label = k.replace("_", " ").replace("elbo", "ELBO")
+        ax.plot(epochs[:len(history[k])], history[k], marker="o", ms=3, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title("Training curves")

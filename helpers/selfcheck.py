@@ -121,11 +121,11 @@ def _reference_hastings_kernel(F, M, corrected=True):
     for k in range(2**M):
         x = tuple((k >> i) & 1 for i in range(M))
         for i in range(M):
-            l = k ^ (1 << i)
-            y = tuple((l >> j) & 1 for j in range(M))
+            k_y = k ^ (1 << i)
+            y = tuple((k_y >> j) & 1 for j in range(M))
             q_xy, q_yx = _asymmetric_proposal(x, i), _asymmetric_proposal(y, i)
-            ratio = math.exp(F[k] - F[l]) * (q_yx / q_xy if corrected else 1.0)
-            K[k, l] = q_xy * min(1.0, ratio)
+            ratio = math.exp(F[k] - F[k_y]) * (q_yx / q_xy if corrected else 1.0)
+            K[k, k_y] = q_xy * min(1.0, ratio)
         K[k, k] = 1.0 - K[k].sum()
     return K
 
@@ -304,7 +304,8 @@ def iwae_bound(bound, n: int = 20_000, seed: int = 0) -> bool:
     from torch.distributions import Normal
 
     gen = torch.Generator().manual_seed(seed)
-    log_w = torch.cat([torch.randn(50, 8, generator=gen, dtype=DT), -1000 + torch.randn(50, 8, generator=gen, dtype=DT)])
+    log_w = torch.cat([torch.randn(50, 8, generator=gen, dtype=DT),
+                       -1000 + torch.randn(50, 8, generator=gen, dtype=DT)])
     errors = {"log-mean-exp": _compare("bound on random log-weights", _call(bound, log_w),
                                        torch.logsumexp(log_w, 1) - math.log(8), 1e-10,
                                        "Subtract the largest log-weight before exponentiating (log-sum-exp).")}
@@ -322,13 +323,15 @@ def iwae_bound(bound, n: int = 20_000, seed: int = 0) -> bool:
     sd_q = 0.5 * post_sd
     # closed-form ELBO of q = N(post_mean, sd_q^2): E_q[log p(x|z) + log p(z) - log q(z)]
     elbo = (-0.5 * math.log(2 * math.pi * s**2) - ((x - w * post_mean) ** 2 + w**2 * sd_q**2) / (2 * s**2)
-            - 0.5 * math.log(2 * math.pi) - (post_mean**2 + sd_q**2) / 2 + 0.5 * math.log(2 * math.pi * math.e * sd_q**2))
+            - 0.5 * math.log(2 * math.pi) - (post_mean**2 + sd_q**2) / 2
+            + 0.5 * math.log(2 * math.pi * math.e * sd_q**2))
     previous = -math.inf
     for K in (1, 4, 16, 64):
         est = _call(bound, log_weights(post_mean, sd_q, K))
         mean, se = est.mean().item(), est.std().item() / math.sqrt(n)
         if K == 1 and not abs(mean - elbo) < 5 * se:
-            raise SelfCheckError(f"K = 1: mean {mean:.4f}, closed-form ELBO {elbo:.4f} ({abs(mean - elbo) / se:.1f} se)")
+            raise SelfCheckError(f"K = 1: mean {mean:.4f}, closed-form ELBO {elbo:.4f} "
+                                 f"({abs(mean - elbo) / se:.1f} se)")
         if not (mean < log_px.item() + 5 * se and mean > previous - 5 * se):
             raise SelfCheckError(f"K = {K}: mean {mean:.4f} is not between the previous K's {previous:.4f} and "
                                  f"log p(x) = {log_px.item():.4f} (se {se:.4f})")
@@ -358,7 +361,9 @@ def gibbs_bogoliubov(variational_free_energy, exact_free_energy) -> bool:
 
     err_q = err_f = 0.0
     for lam in (0.0, 0.1, 1.0):
-        energy = (lambda z, lam=lam: z**2 / 2 + lam * z**4)
+        def energy(z, lam=lam):
+            return z**2 / 2 + lam * z**4
+
         exact = -math.log(_quadrature(lambda z: torch.exp(-energy(z)), -30, 30).item())
         err_f = max(err_f, _compare(f"exact_free_energy({lam})", _call(exact_free_energy, lam).reshape(()),
                                     torch.tensor(exact, dtype=DT), 1e-7))

@@ -9,8 +9,9 @@ What a student does in class, automated: start JupyterLab from the course's envi
    widget frontend (``@jupyter-widgets/jupyterlab-manager``) is missing;
 3. moving a slider (keyboard, on the focused slider handle) redraws the decoded image.
 
-Notebooks: ``notebooks/week12/03_vaes_in_pytorch.ipynb`` (a missing file fails) and ``tests/fixtures/latent_explorer_untrained.ipynb`` (the same explorer on
-an untrained conv VAE: seconds). The checks are functions that raise
+Notebooks: ``notebooks/week12/03_vaes_in_pytorch.ipynb`` (a missing file fails) and
+``tests/fixtures/latent_explorer_untrained.ipynb`` (the same explorer on an untrained conv
+VAE: seconds). The checks are functions that raise
 :class:`BrowserCheckFailed` with the reason, and ``test_widget_check_detects_missing_frontend``
 runs them in a JupyterLab whose widget extension is disabled and asserts that check 2 fails:
 the main test can fail.
@@ -40,7 +41,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 
 pytestmark = pytest.mark.browser
 
@@ -74,7 +74,7 @@ class BrowserCheckFailed(AssertionError):
 def _browser_missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401 (imported only to see whether it is installed)
     except ImportError:
         return "the Python package playwright is not installed (pip install -r requirements.txt)"
     if not os.access(CHROMIUM, os.X_OK):
@@ -209,11 +209,14 @@ def start_lab(tmp_path, request):
 
 
 # ---------------------------------------------------------------------- driving the page
-PROMPTS_JS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim())"
+PROMPTS_JS = ("() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
+              ".map(e => e.textContent.trim())")
 KERNEL_IDLE_JS = r"""() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => {
     const t = e.textContent.trim(); return /\|\s*Idle$/.test(t) && !t.startsWith('No Kernel'); })"""
-RUN_STARTED_JS = f"() => {{ const p = ({PROMPTS_JS})(); return p.some(t => t.includes('*')) || (p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t))); }}"
-RUN_FINISHED_JS = f"() => {{ const p = ({PROMPTS_JS})(); return !p.some(t => t.includes('*')) && ({KERNEL_IDLE_JS})(); }}"
+RUN_STARTED_JS = (f"() => {{ const p = ({PROMPTS_JS})(); "
+                  "return p.some(t => t.includes('*')) || (p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t))); }")
+RUN_FINISHED_JS = (f"() => {{ const p = ({PROMPTS_JS})(); "
+                   f"return !p.some(t => t.includes('*')) && ({KERNEL_IDLE_JS})(); }}")
 
 
 def open_and_run_all(page, lab: Lab, notebook: str = NOTEBOOK):
@@ -231,6 +234,7 @@ def open_and_run_all(page, lab: Lab, notebook: str = NOTEBOOK):
 
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(:|$)", re.M)
 ERROR_LINE = re.compile(r"Traceback \(most recent call last\)|" + EXCEPTION_LINE.pattern, re.M)
+STDERR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 
 
 def check_no_errors(page):
@@ -246,7 +250,7 @@ def check_no_errors(page):
     for i in range(cells.count()):
         cell = cells.nth(i)
         prompt = cell.locator(".jp-InputPrompt").first.text_content().strip()
-        for text in cell.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_text_contents():
+        for text in cell.locator(STDERR_OUTPUT).all_text_contents():
             if ERROR_LINE.search(text):
                 lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
                 named = [line for line in lines if EXCEPTION_LINE.match(line)]
@@ -285,8 +289,9 @@ def check_widgets_render(page):
         texts = [t.strip() for t in outputs.all_text_contents()]
         fallback = [t for t in texts if WIDGET_TEXT_FALLBACK.search(t)]
         if fallback:
-            raise BrowserCheckFailed(f"widget frontend missing: the latent explorer shows as text {fallback[0][:120]!r} "
-                                     f"instead of sliders ({WIDGET_MANAGER} not loaded)") from None
+            raise BrowserCheckFailed("widget frontend missing: the latent explorer shows as text "
+                                     f"{fallback[0][:120]!r} instead of sliders "
+                                     f"({WIDGET_MANAGER} not loaded)") from None
         broken = [t for t in texts if "Error displaying widget" in t or "Loading widget" in t]
         if broken:
             raise BrowserCheckFailed(f"widget frontend missing: the page says {broken[0][:200]!r}") from None

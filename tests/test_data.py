@@ -103,7 +103,8 @@ def test_damaged_training_images_raise_and_never_fall_back(shared_data, tmp_path
     raw = _copy_standard(shared_data, tmp_path)
     bad = raw / "train-images-idx3-ubyte.gz"
     content = bad.read_bytes()
-    bad.write_bytes(content[:len(content) // 2] if damage == "truncated" else content[:-1] + bytes([content[-1] ^ 0xFF]))
+    flipped_last_byte = content[:-1] + bytes([content[-1] ^ 0xFF])
+    bad.write_bytes(content[:len(content) // 2] if damage == "truncated" else flipped_last_byte)
     with pytest.raises(MnistFileError, match="md5") as err:
         load_mnist("train", root=tmp_path, download=False)
     assert str(bad) in str(err.value) and "Delete it" in str(err.value)

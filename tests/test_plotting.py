@@ -1,16 +1,16 @@
 """helpers.plotting: each figure holds the expected images, points and coordinates (Agg backend)."""
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot is imported; ruff's E402 allows this call between imports
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch.distributions import Normal  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
 
-from helpers import plotting  # noqa: E402
-from helpers.vae import conv_vae, mlp_vae  # noqa: E402
+from helpers import plotting
+from helpers.vae import conv_vae, mlp_vae
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,14 @@
 """helpers.widgets: sliders redraw the decoded image; the static panel exists with or without ipywidgets."""
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot is imported; ruff's E402 allows this call between imports
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-from helpers import widgets  # noqa: E402
-from helpers.vae import mlp_vae  # noqa: E402
+from helpers import widgets
+from helpers.vae import mlp_vae
 
 
 def fake_decoder(z):
