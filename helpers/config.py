@@ -8,6 +8,8 @@ presentation mode  ``COURSE_PRESENT`` (1/true/yes/on)   off (lecturer mode: big 
 data folder        ``COURSE_DATA``                      ``<repo>/data`` (git-ignored)
 device             ``COURSE_DEVICE`` (cpu, cuda, ...)   CUDA when present, else CPU
 notebook seed      ``COURSE_SEED`` (integer >= 0)       0
+CPU threads        ``COURSE_THREADS`` (auto, int >= 1)  auto (see :func:`threads_for`)
+oneDNN kernel      ``COURSE_ONEDNN`` (1/0, yes/no)      on where it passes its check
 =================  ===================================  ==========================
 
 Fast mode shrinks epochs, data and chain lengths so that every notebook runs in
@@ -19,9 +21,22 @@ projector and turns on the checkpoint cache (:func:`checkpoint_path`): the
 first run trains and saves the models, every rerun loads them in seconds.
 Notebooks start with :func:`setup_notebook`, which seeds, styles and prints
 the settings in use.
+
+Threads: the sampling and training loops run their block under
+:func:`threads_for`. With ``COURSE_THREADS`` unset or ``auto``, loops whose
+matmuls are small (below :data:`SMALL_MATMUL` multiply-adds) run on one thread
+and larger ones keep torch's setting (all cores by default);
+``COURSE_THREADS=n`` runs every such loop on ``n`` threads.
+
+Dense kernel: on CPUs, float32 products use oneDNN's fused linear when it
+passes a check against ``torch.addmm`` (see :mod:`helpers._linear`);
+``COURSE_ONEDNN=0`` turns it off, so that every product uses ``torch.addmm``.
+:func:`helpers._linear.kernel_name` names the kernel in use.
 """
 from __future__ import annotations
 
+import contextlib
+import numbers
 import os
 import random
 from pathlib import Path
@@ -31,14 +46,18 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 
-def _flag(name: str, meaning: str) -> bool:
+def _flag(name: str, meaning: str, default: bool = False) -> bool:
     raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
     if raw in _TRUE:
         return True
     if raw in _FALSE:
         return False
-    raise ValueError(f"{name}={raw!r} is not understood; use 1/true/yes/on to turn {meaning} on "
-                     "or 0/false/no/off (or unset it) to turn it off.")
+    on, off = ("1/true/yes/on", "0/false/no/off")
+    on, off = (on + " (or unset it)", off) if default else (on, off + " (or unset it)")
+    raise ValueError(f"{name}={raw!r} is not understood; use {on} to turn {meaning} on "
+                     f"or {off} to turn it off.")
 
 
 def fast_mode() -> bool:
@@ -139,6 +158,90 @@ def course_seed() -> int:
     return int(raw)
 
 
+def onednn_enabled() -> bool:
+    """False when ``COURSE_ONEDNN`` turns oneDNN's fused linear off (0/false/no/off).
+
+    Unset or 1/true/yes/on: :mod:`helpers._linear` uses the fused kernel where
+    it passes its check against ``torch.addmm``; off: ``torch.addmm`` always
+    (same results up to float32 rounding, slower on some CPUs). Anything else
+    raises ``ValueError``.
+    """
+    return _flag("COURSE_ONEDNN", "oneDNN's fused linear", default=True)
+
+
+#: Automatic thread policy (:func:`threads_for`): loops whose typical matmul has fewer
+#: multiply-adds than this (rows x n_visible x n_hidden) run on one thread. Their products and
+#: element-wise steps are so small that starting and synchronising a second thread costs about as
+#: much as it saves, and on a busy machine far more. Measured on a 2-core AMD EPYC (torch 2.14):
+#: one 100x784 @ 784x20 product (1.6e6 multiply-adds) took 59 us on 1 thread and 35 us on 2 with
+#: the second core free, but 74 us (addmm) to 116 us (oneDNN) on 2 while another process used it;
+#: a whole 784 x 20 RBM trained 25-100x slower with 2 threads than with 1 on that busy machine.
+SMALL_MATMUL = 2**23
+
+
+def course_threads() -> int | None:
+    """The thread policy: ``$COURSE_THREADS`` as a thread count, or None for automatic.
+
+    Unset or ``auto``: None (:func:`threads_for` picks one thread for small
+    matmuls, torch's setting otherwise); a positive integer: that many threads
+    in every loop run under :func:`threads_for`.
+
+    Raises
+    ------
+    ValueError
+        If ``COURSE_THREADS`` is neither ``auto`` nor a positive integer.
+    """
+    raw = os.environ.get("COURSE_THREADS", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"COURSE_THREADS={raw!r} is not understood; use a positive integer such as "
+                         "COURSE_THREADS=2, or auto (or unset it) for one thread on small matmuls and "
+                         "torch's setting on large ones.")
+    return int(raw)
+
+
+@contextlib.contextmanager
+def threads_for(work):
+    """Run the block on the thread count the policy picks for matmuls of ``work`` multiply-adds.
+
+    ``COURSE_THREADS=n``: ``n`` threads. Automatic: one thread when ``work <
+    SMALL_MATMUL``, else torch's setting unchanged (all cores by default).
+    ``torch.set_num_threads`` is restored when the block ends, also on an
+    exception. Yields the thread count in use inside the block.
+
+    Parameters
+    ----------
+    work : int
+        Multiply-adds of the loop's typical matmul, e.g. ``rows * n_visible * n_hidden``.
+    """
+    import torch
+
+    if isinstance(work, bool) or not isinstance(work, numbers.Real) or not work >= 0:
+        raise ValueError(f"work must be a number of multiply-adds >= 0, got {work!r}")
+    n = course_threads()
+    if n is None and work < SMALL_MATMUL:
+        n = 1
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _thread_policy() -> str:
+    """The thread policy in words, for :func:`setup_notebook`'s status line."""
+    import torch
+
+    n = course_threads()
+    if n is not None:
+        return f"{n} (COURSE_THREADS)"
+    small = f"2**{SMALL_MATMUL.bit_length() - 1}"
+    return f"auto (1 for matmuls under {small} multiply-adds, else {torch.get_num_threads()})"
+
+
 def seed_everything(seed: int = 0):
     """Seed Python's, NumPy's and torch's global generators and return a fresh
     ``torch.Generator`` seeded with ``seed`` for code that takes one.
@@ -166,10 +269,16 @@ def seed_everything(seed: int = 0):
 
 def setup_notebook(seed: int = 0):
     """A notebook's first call: seed everything, style the plots for the mode,
-    print the settings in use (seed, modes, device, data folder), and return a
-    ``torch.Generator`` seeded with ``seed``."""
+    print the settings in use (seed, modes, device, threads, dense kernel, data
+    folder), and return a ``torch.Generator`` seeded with ``seed``."""
+    import torch
+
+    from ._linear import kernel_name
+
     gen = seed_everything(seed)
     style = apply_plot_style()
+    dev = device()
     print(f"seed = {seed} | fast mode: {'on' if fast_mode() else 'off'} | presentation mode: "
-          f"{'on' if style == 'presentation' else 'off'} | device: {device()} | data: {data_dir()}")
+          f"{'on' if style == 'presentation' else 'off'} | device: {dev} | threads: {_thread_policy()} | "
+          f"dense kernel: {kernel_name(torch.float32, dev)} | data: {data_dir()}")
     return gen

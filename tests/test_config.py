@@ -118,3 +118,116 @@ def test_course_seed_rejects_non_integers(monkeypatch, value):
     monkeypatch.setenv("COURSE_SEED", value)
     with pytest.raises(ValueError, match="COURSE_SEED"):
         config.course_seed()
+
+
+@pytest.mark.parametrize("value, expected", [("", None), ("auto", None), (" AUTO ", None), ("1", 1), ("2", 2),
+                                             (" 16 ", 16)])
+def test_course_threads_reads_course_threads(monkeypatch, value, expected):
+    monkeypatch.setenv("COURSE_THREADS", value)
+    assert config.course_threads() == expected
+
+
+def test_course_threads_unset_is_automatic(monkeypatch):
+    monkeypatch.delenv("COURSE_THREADS", raising=False)
+    assert config.course_threads() is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "two", "all"])
+def test_course_threads_rejects_other_values(monkeypatch, value):
+    monkeypatch.setenv("COURSE_THREADS", value)
+    with pytest.raises(ValueError, match=r"COURSE_THREADS=.*positive integer.*auto"):
+        config.course_threads()
+
+
+@pytest.fixture
+def three_threads():
+    """torch at 3 threads for the test (so that 1 and 2 are changes), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_for_auto_uses_one_thread_on_small_matmuls_only(monkeypatch, three_threads):
+    monkeypatch.delenv("COURSE_THREADS", raising=False)
+    with config.threads_for(100 * 784 * 20) as n:
+        assert torch.get_num_threads() == 1 == n
+    assert torch.get_num_threads() == 3
+    with config.threads_for(config.SMALL_MATMUL - 1):
+        assert torch.get_num_threads() == 1
+    with config.threads_for(config.SMALL_MATMUL):  # large: torch's setting
+        assert torch.get_num_threads() == 3
+    monkeypatch.setenv("COURSE_THREADS", "auto")
+    with config.threads_for(1000 * 784 * 500):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("work", [10, 2**30])
+def test_threads_for_course_threads_wins_at_any_size(monkeypatch, three_threads, work):
+    monkeypatch.setenv("COURSE_THREADS", "2")
+    with config.threads_for(work) as n:
+        assert torch.get_num_threads() == 2 == n
+    assert torch.get_num_threads() == 3
+
+
+def test_threads_for_restores_after_an_exception(monkeypatch, three_threads):
+    monkeypatch.setenv("COURSE_THREADS", "2")
+    with pytest.raises(KeyError):
+        with config.threads_for(10):
+            assert torch.get_num_threads() == 2
+            raise KeyError("inside the block")
+    assert torch.get_num_threads() == 3
+    monkeypatch.delenv("COURSE_THREADS")
+    with pytest.raises(KeyError):
+        with config.threads_for(10):
+            assert torch.get_num_threads() == 1
+            raise KeyError("inside the block")
+    assert torch.get_num_threads() == 3
+
+
+def test_threads_for_rejects_bad_settings_before_touching_threads(monkeypatch, three_threads):
+    monkeypatch.setenv("COURSE_THREADS", "lots")
+    with pytest.raises(ValueError, match="COURSE_THREADS"):
+        with config.threads_for(10):
+            pass
+    monkeypatch.delenv("COURSE_THREADS")
+    for bad in (-1, "10", True, float("nan")):
+        with pytest.raises(ValueError, match="work"):
+            with config.threads_for(bad):
+                pass
+    assert torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("value, expected", [("", True), ("1", True), ("on", True), ("0", False), ("no", False)])
+def test_onednn_enabled_reads_course_onednn(monkeypatch, value, expected):
+    monkeypatch.setenv("COURSE_ONEDNN", value)
+    assert config.onednn_enabled() is expected
+
+
+def test_onednn_enabled_typo_is_an_error_that_says_unset_means_on(monkeypatch):
+    monkeypatch.setenv("COURSE_ONEDNN", "maybe")
+    with pytest.raises(ValueError, match=r"COURSE_ONEDNN='maybe'.*1/true/yes/on \(or unset it\) to turn"):
+        config.onednn_enabled()
+
+
+def test_setup_notebook_prints_threads_and_dense_kernel(monkeypatch, capsys):
+    import matplotlib as mpl
+
+    from helpers import _linear
+
+    monkeypatch.delenv("COURSE_PRESENT", raising=False)
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    monkeypatch.setenv("COURSE_THREADS", "2")
+    monkeypatch.setenv("COURSE_ONEDNN", "0")
+    with mpl.rc_context():
+        config.setup_notebook(0)
+    out = capsys.readouterr().out
+    assert "threads: 2 (COURSE_THREADS)" in out and "dense kernel: torch.addmm" in out
+    monkeypatch.setenv("COURSE_THREADS", "auto")
+    monkeypatch.delenv("COURSE_ONEDNN")
+    with mpl.rc_context():
+        config.setup_notebook(0)
+    out = capsys.readouterr().out
+    assert "threads: auto (1 for matmuls under 2**23 multiply-adds" in out
+    assert f"dense kernel: {_linear.kernel_name()}" in out
