@@ -33,9 +33,11 @@ import torch
 
 from . import checkpoint as checkpoint_io
 from ._linear import linear_for
-from .rbm import BernoulliRBM, _resolve_threads, _softplus, _torch_threads, base_rate_visible_bias
+from ._numerics import bernoulli as _bernoulli, softplus as _softplus
+from .config import threads_for
+from .rbm import BernoulliRBM, base_rate_visible_bias
 
-__all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "log_likelihood", "base_log_partition"]
+__all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "anneal", "log_likelihood", "base_log_partition"]
 
 
 _AIS_FORMAT = "helpers.ais result 1"
@@ -95,7 +97,7 @@ def _betas(n_betas, betas):
 def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None = None, *,
                       betas: torch.Tensor | None = None, base_visible_bias: torch.Tensor | None = None,
                       data: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      progress: bool = True, num_threads="auto", checkpoint=None) -> AISResult:
+                      progress: bool = True, checkpoint=None) -> AISResult:
     """Estimate log Z of ``rbm`` (nats) by annealed importance sampling from a base-rate model.
 
     Parameters
@@ -121,12 +123,6 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
         Source of all draws (on the model's device).
     progress : bool
         ``tqdm.auto`` progress bar over the betas.
-    num_threads : "auto", None or int
-        torch CPU threads inside the loop (restored afterwards). ``"auto"``: one
-        thread when the per-step matmul is small (``n_runs * n_visible * n_hidden
-        < helpers.rbm.SMALL_MATMUL``, e.g. 100 runs of a 784 x 20 model: a second
-        thread gains little there and, on a busy 2-core machine, made AIS more
-        than 10x slower), else torch's setting; ``None``: torch's setting.
     checkpoint : path, optional
         Cache the run's log-weights there (lecturer mode: ``helpers.config.checkpoint_path``).
         A file made for the same RBM parameters, base model, schedule, number of runs and
@@ -165,15 +161,15 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
         a_base = torch.zeros(M, dtype=dt, device=dev)
     log_z_base = base_log_partition(N, a_base)
 
-    def anneal():
-        with _torch_threads(_resolve_threads(num_threads, n_runs * M * N)):
-            return {"log_weights": _anneal(rbm, a_base, schedule, n_runs, generator, progress)}
+    def runs():
+        with threads_for(n_runs * M * N):
+            return {"log_weights": anneal(rbm, a_base, schedule, n_runs, generator, progress)}
 
     fingerprint = None if checkpoint is None else {
         "rbm": checkpoint_io.digest(rbm.W, rbm.a, rbm.b), "base": checkpoint_io.digest(a_base),
         "betas": checkpoint_io.digest(schedule), "n_runs": n_runs,
         "generator": "none" if generator is None else checkpoint_io.digest(generator.get_state())}
-    log_w = checkpoint_io.cached(checkpoint, fingerprint, _AIS_FORMAT, anneal, what="AIS result",
+    log_w = checkpoint_io.cached(checkpoint, fingerprint, _AIS_FORMAT, runs, what="AIS result",
                                  redo="running AIS")["log_weights"]
     log_mean_w = torch.logsumexp(log_w, 0).item() - math.log(n_runs)
     w = torch.exp(log_w - log_w.max())  # scaled weights in (0, 1], the largest is 1
@@ -183,27 +179,30 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
                      log_z_base=log_z_base, ess=ess)
 
 
-def _anneal(rbm, a_base, schedule, n_runs, generator, progress):
-    """The AIS runs: log-weights (n_runs,), float64 on the CPU."""
+def anneal(rbm: BernoulliRBM, base_visible_bias: torch.Tensor, betas: torch.Tensor, n_runs: int,
+           generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """The AIS runs themselves: ``n_runs`` log-weights log w_r (nats), float64 on the CPU, shape (n_runs,).
+
+    ``x_1`` is drawn from the base model (independent pixels, on with probability
+    ``sigmoid(base_visible_bias)``); then for k = 1..K the weight gains
+    ``log p*_k(x_k) - log p*_{k-1}(x_k)`` and x moves by one sweep of the tempered RBM at
+    ``betas[k]`` (:meth:`helpers.rbm.BernoulliRBM.gibbs_sweep`), which leaves p_k invariant.
+    All runs advance together. ``betas`` (K + 1,) rise from 0 to 1 (checked by
+    :func:`ais_log_partition`, which also validates everything else and adds ``log Z_A``).
+    """
     from tqdm.auto import tqdm
 
-    dt, dev, M, N = rbm.dtype, rbm.device, rbm.n_visible, rbm.n_hidden
+    dt, dev, N = rbm.dtype, rbm.device, rbm.n_hidden
     with torch.no_grad():
-        W, a, b = rbm.W, rbm.a, rbm.b
-        # One matmul per step gives both x W (N columns) and x.(a - a_A) (last column). Products run on
-        # helpers._linear's kernel: lin(inp, weight, bias, "none") = inp @ weight.T + bias.
+        a_base = base_visible_bias.to(dt)
+        # one product per step gives both x W (N columns) and x.(a - a_A) (last column), on helpers._linear's
+        # kernel: lin(inp, weight, bias, "none") = inp @ weight.T + bias
         lin = linear_for(dt, dev)
-        Wd = torch.cat([W, (a - a_base)[:, None]], 1)
-        b64 = b.to(torch.float64)
-        d = a - a_base
-        rnd_x = torch.empty(n_runs, M, dtype=dt, device=dev)
-        rnd_h = torch.empty(n_runs, N, dtype=dt, device=dev)
-        x = torch.empty(n_runs, M, dtype=dt, device=dev)
-        h = torch.empty(n_runs, N, dtype=dt, device=dev)
-        torch.lt(torch.rand(n_runs, M, generator=generator, dtype=dt, device=dev, out=rnd_x),
-                 torch.sigmoid(a_base), out=x)  # x_1 ~ p_0 (independent pixels)
+        Wd = torch.cat([rbm.W.detach(), (rbm.a.detach() - a_base)[:, None]], 1)
+        b64 = rbm.b.detach().to(torch.float64)
+        x = _bernoulli(torch.sigmoid(a_base).expand(n_runs, -1), generator)   # x_1 ~ p_0
         log_w = torch.zeros(n_runs, dtype=torch.float64, device=dev)
-        beta_list = schedule.tolist()
+        beta_list = betas.tolist()
         K = len(beta_list) - 1
         for step in tqdm(range(1, K + 1), desc="AIS", unit="beta", disable=not progress, mininterval=0.5):
             prev, beta = beta_list[step - 1], beta_list[step]
@@ -211,11 +210,8 @@ def _anneal(rbm, a_base, schedule, n_runs, generator, progress):
             pre = ext[:, :N] + b64  # b + x W, float64
             # log p*_k(x) - log p*_{k-1}(x) at the current x
             log_w += (beta - prev) * ext[:, N] + (_softplus(beta * pre) - _softplus(prev * pre)).sum(1)
-            if step < K:  # Gibbs transition leaving p_k invariant
-                ph = torch.sigmoid(beta * pre).to(dt)
-                torch.lt(torch.rand(n_runs, N, generator=generator, dtype=dt, device=dev, out=rnd_h), ph, out=h)
-                px = lin(h, W, d, "none").mul_(beta).add_(a_base).sigmoid_()
-                torch.lt(torch.rand(n_runs, M, generator=generator, dtype=dt, device=dev, out=rnd_x), px, out=x)
+            if step < K:  # a transition that leaves p_k invariant
+                x = rbm.gibbs_sweep(x, generator, beta=beta, base_visible_bias=a_base, pre=pre)
     return log_w.cpu()
 
 

@@ -1,4 +1,9 @@
-"""Safe weight checkpoints for the trainers (train_vae, train_rbm).
+"""The one cache of the course: trained weights, AIS and IWAE results, Ising data sets.
+
+It serves the training loop (:func:`helpers.train.fit`, hence every trainer), hand-written
+notebook loops (:func:`load_module`, :func:`save_module`) and computed results
+(:func:`cached`). A checkpoint is a cache of a finished computation, not a
+resumable training state (no optimiser state, no generator).
 
 A checkpoint is one ``torch.save`` file holding plain data only: a format tag,
 a *fingerprint* (everything that determines the trained weights: architecture,
@@ -13,6 +18,7 @@ reason, and the trainer trains again and overwrites it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -76,13 +82,24 @@ def load(path, fingerprint: dict, kind: str, map_location="cpu", *, what: str = 
     return ckpt["state"], ckpt["history"]
 
 
-def save(path, fingerprint: dict, kind: str, state: dict, history: dict) -> None:
-    """Write a checkpoint atomically (an interrupted save never leaves half a file)."""
+def save(path, fingerprint: dict, kind: str, state: dict, history: dict) -> bool:
+    """Write a checkpoint atomically (an interrupted save never leaves half a file).
+
+    Returns True when written; a folder that cannot be written prints why and returns False
+    (the result is then simply not cached).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": kind, "fingerprint": fingerprint, "state": state, "history": history}, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": kind, "fingerprint": fingerprint, "state": state, "history": history}, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        print(f"Could not write the cache file {path} ({err}); the result is not cached "
+              "(choose a writable folder).")
+        return False
+    return True
 
 
 def cached(path, fingerprint: dict, kind: str, compute, *, what: str, redo: str) -> dict:
@@ -107,26 +124,57 @@ def cached(path, fingerprint: dict, kind: str, compute, *, what: str, redo: str)
 _MODULE_FORMAT = "helpers.checkpoint module 1"
 
 
+def _entry(key, value):
+    """One fingerprint value: plain values as they are, tensors, generators and modules as digests."""
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {value.dtype} {digest(value)}"
+    if isinstance(value, torch.Generator):
+        return digest(value.get_state())
+    if isinstance(value, torch.nn.Module):
+        state = value.state_dict()
+        return f"{value!r} {digest(*(state[k] for k in sorted(state)))}"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    if not (value is None or isinstance(value, (bool, int, float, str))):
+        raise TypeError(f"setting {key!r}: expected a number, string, None, tensor, module or generator, "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def fingerprint(settings=None, **inputs) -> dict:
+    """Everything that determines a result, as plain values: the key of the cache.
+
+    Parameters
+    ----------
+    settings : dataclass instance or dict, optional
+        A trainer's settings; each field becomes an entry (declared once, in the dataclass).
+    **inputs
+        The rest: numbers, strings, None, lists of them, tensors (training data:
+        stored as shape, dtype and a digest of the values), ``torch.nn.Module``
+        (architecture and current weights) or ``torch.Generator`` (its state's digest).
+
+    Returns
+    -------
+    dict of plain values; two runs with equal fingerprints give the same result.
+    """
+    if settings is not None and dataclasses.is_dataclass(settings):
+        settings = dataclasses.asdict(settings)
+    fp = {key: _entry(key, value) for key, value in dict(settings or {}).items()}
+    fp.update({key: _entry(key, value) for key, value in inputs.items()})
+    return fp
+
+
 def module_fingerprint(module: torch.nn.Module, **settings) -> dict:
     """Fingerprint of a hand-written training run: the module's architecture and *initial* weights
     plus every setting that determines the result. Call it before training.
 
     ``settings`` values may be numbers, strings, None, tensors (stored as a digest
     of shape, dtype and values; pass the training data) or ``torch.Generator``
-    (its state's digest).
+    (its state's digest); see :func:`fingerprint`.
     """
     state = module.state_dict()
-    fp = {"architecture": repr(module), "initial_weights": digest(*(state[k] for k in sorted(state)))}
-    for key, value in settings.items():
-        if isinstance(value, torch.Tensor):
-            value = f"{tuple(value.shape)} {value.dtype} {digest(value)}"
-        elif isinstance(value, torch.Generator):
-            value = digest(value.get_state())
-        elif not (value is None or isinstance(value, (bool, int, float, str))):
-            raise TypeError(f"setting {key!r}: expected a number, string, None, tensor or generator, "
-                            f"got {type(value).__name__}")
-        fp[key] = value
-    return fp
+    return {"architecture": repr(module), "initial_weights": digest(*(state[k] for k in sorted(state))),
+            **fingerprint(**settings)}
 
 
 def load_module(path, module: torch.nn.Module, fingerprint: dict):

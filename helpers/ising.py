@@ -28,27 +28,25 @@ and a seeded, cached data set generator (:func:`ising_dataset`).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import math
-import os
 import random
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from . import checkpoint as checkpoint_io
 from ._validate import check_count as _check_count, check_generator as _check_generator
 
 __all__ = [
     "T_CRITICAL", "random_spins", "metropolis_sweeps", "wolff_updates",
     "energy_per_spin", "magnetization", "abs_magnetization", "specific_heat", "susceptibility",
     "exact_observables", "MAX_EXACT_L", "elliptic_k", "onsager_energy", "onsager_magnetization",
-    "IsingSamples", "IsingCacheWarning", "ising_dataset", "default_cache_dir",
+    "IsingSamples", "ising_dataset", "default_cache_dir",
 ]
 
 #: Onsager's critical temperature 2 / ln(1 + sqrt 2) = 2.26918531... (units of J / k_B).
@@ -521,11 +519,8 @@ class IsingSamples(NamedTuple):
     temperatures: torch.Tensor
 
 
-class IsingCacheWarning(UserWarning):
-    """A cached Ising data set could not be read or written (it is then regenerated / not cached)."""
-
-
 _CACHE_VERSION = 1  # bump when the generation procedure changes, so old caches are not reused
+_CACHE_FORMAT = "helpers.ising data set 2"   # stored through helpers.checkpoint, the course's one cache
 
 
 def default_cache_dir() -> Path:
@@ -579,18 +574,6 @@ def _generate(L, temps, n_samples, seed, n_thermalize, n_between, algorithm, n_c
     return out.reshape(n_temps, n_records * n_chains, L, L)[:, :n_samples].contiguous()
 
 
-def _load_cache(path, shape, temps):
-    data = torch.load(path, weights_only=True)
-    spins, t = data["spins"], data["temperatures"]
-    if not isinstance(spins, torch.Tensor) or spins.dtype != torch.int8 or tuple(spins.shape) != shape:
-        raise ValueError(f"spins have the wrong type, dtype or shape (expected int8 {shape})")
-    if not torch.equal(t, temps):
-        raise ValueError("temperatures differ from the requested ones")
-    if ((spins != 1) & (spins != -1)).any():
-        raise ValueError("spins are not all +-1")
-    return spins
-
-
 def ising_dataset(L: int, temperatures, n_samples: int, seed: int = 0, n_thermalize: int | None = None,
                   n_between: int | None = None, algorithm: str = "wolff", n_chains: int | None = None,
                   cache_dir=None, progress: bool = True) -> IsingSamples:
@@ -610,11 +593,11 @@ def ising_dataset(L: int, temperatures, n_samples: int, seed: int = 0, n_thermal
     each record every lattice is flipped globally with probability 1/2 (a
     valid move, since p(s) = p(-s)), so both signs of m appear.
 
-    The result is cached as ``<cache_dir>/ising_L{L}_{algorithm}_{hash}.pt``, the
-    hash covering every argument that changes the data; a later call with the
-    same arguments loads it (``torch.load(..., weights_only=True)``), and an
-    unreadable or mismatching file is regenerated with an
-    :class:`IsingCacheWarning`.
+    The result is cached through :mod:`helpers.checkpoint` (the course's one cache) as
+    ``<cache_dir>/ising_L{L}_{algorithm}_{hash}.pt``, the hash and the stored fingerprint
+    covering every argument that changes the data; a later call with the same arguments
+    loads it (weights-only loading) and says so, and an unreadable, foreign or mismatching
+    file is regenerated with a printed reason.
 
     Parameters
     ----------
@@ -658,33 +641,20 @@ def ising_dataset(L: int, temperatures, n_samples: int, seed: int = 0, n_thermal
     n_thermalize = _check_count("n_thermalize", defaults[0] if n_thermalize is None else n_thermalize, 0)
     n_between = _check_count("n_between", defaults[1] if n_between is None else n_between, 1)
     n_chains = _check_count("n_chains", min(n_samples, 8) if n_chains is None else n_chains, 1)
-    shape = (temps.numel(), n_samples, L, L)
 
+    fingerprint = {"version": _CACHE_VERSION, "L": L, "temperatures": [float(t).hex() for t in temps.tolist()],
+                   "n_samples": n_samples, "seed": seed, "n_thermalize": n_thermalize, "n_between": n_between,
+                   "algorithm": algorithm, "n_chains": n_chains}
     path = None
     if cache_dir is not False:
-        key = {"version": _CACHE_VERSION, "L": L, "temperatures": [float(t).hex() for t in temps.tolist()],
-               "n_samples": n_samples, "seed": seed, "n_thermalize": n_thermalize, "n_between": n_between,
-               "algorithm": algorithm, "n_chains": n_chains}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        name = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         folder = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-        path = folder / f"ising_L{L}_{algorithm}_{digest}.pt"
-        if path.exists():
-            try:
-                return IsingSamples(_load_cache(path, shape, temps), temps)
-            except Exception as err:  # corrupted, truncated, or not ours
-                warnings.warn(f"the cached Ising data {path} could not be used ({type(err).__name__}: {err}); "
-                              "regenerating it", IsingCacheWarning, stacklevel=2)
+        path = folder / f"ising_L{L}_{algorithm}_{name}.pt"
 
-    spins = _generate(L, temps.tolist(), n_samples, seed, n_thermalize, n_between, algorithm, n_chains, progress)
-    if path is not None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"spins": spins, "temperatures": temps}, tmp)
-            os.replace(tmp, path)  # atomic: a reader never sees a half-written file
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            warnings.warn(f"could not write the Ising cache {path} ({err}); the data is not cached "
-                          "(pass cache_dir=... to choose a writable folder)", IsingCacheWarning, stacklevel=2)
+    def generate():
+        return {"spins": _generate(L, temps.tolist(), n_samples, seed, n_thermalize, n_between, algorithm, n_chains,
+                                   progress)}
+
+    spins = checkpoint_io.cached(path, fingerprint, _CACHE_FORMAT, generate, what="Ising data",
+                                 redo="generating it")["spins"]
     return IsingSamples(spins, temps)

@@ -22,17 +22,18 @@ Log Z of large models by annealed importance sampling: :mod:`helpers.ais`.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-import time
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint as checkpoint_io
 from ._linear import linear_for
-from ._validate import check_count as _check_int
-from .mcmc import gibbs_sample
+from ._numerics import bernoulli as _bernoulli, softplus as _softplus
+from ._validate import check_choice, check_count as _check_int, check_real
+from .config import threads_for
+from .train import History, build_settings, fit
 
 #: The exact functions enumerate 2**k states of the smaller layer (k units);
 #: above this k they refuse (2**24 states take about a minute on 2 CPU cores
@@ -64,17 +65,6 @@ def _chunks(n_units: int, chunk: int, dtype, device):
     for start in range(0, total, chunk):
         yield binary_states(n_units, start, min(start + chunk, total), dtype, device)
 
-
-
-def _softplus(x):
-    """log(1 + e^x), exact to rounding in float32 and float64.
-
-    ``F.softplus`` returns x itself for x > 20, an absolute error of log(1 + e^-20) = 2e-9:
-    below float32's resolution at those values, but a million times float64's. In float64
-    the switch moves to x > 40 (error 4e-18), so that exact float64 computations (log Z,
-    probabilities summing to 1) hold to rounding.
-    """
-    return F.softplus(x, threshold=40.0) if x.dtype == torch.float64 else F.softplus(x)
 
 
 class BernoulliRBM:
@@ -217,11 +207,50 @@ class BernoulliRBM:
                 f"{max_units} units in one layer, or estimate log Z by annealed importance sampling.")
         return "hidden" if self.n_hidden <= self.n_visible else "visible"
 
-    def _log_weights(self, states, layer):
-        """Unnormalised log-probabilities of the smaller layer's states (rows)."""
+    def unnormalised_log_marginal(self, states, layer: str = "visible"):
+        """log sum over the other layer of exp(-E), for each row of ``states``: nats, shape (rows,).
+
+        ``layer="visible"``: rows are visible states x and the value is -F(x); ``layer="hidden"``:
+        rows are hidden states h and the value is b.h + sum_i softplus(a_i + (W h)_i). Either
+        way ``log Z`` is the log-sum-exp of these over all states of that layer, which is how
+        :meth:`log_partition_exact` computes it (enumerating the smaller layer).
+        """
         if layer == "hidden":  # log sum_x exp(-E(x, h)) = b.h + sum_i softplus(a_i + (W h)_i)
             return states @ self.b + _softplus(states @ self.W.T + self.a).sum(1)
+        if layer != "visible":
+            raise ValueError(f"layer must be 'visible' or 'hidden', got {layer!r}")
         return -self._free_energy(states)
+
+    def gibbs_sweep(self, x, generator=None, *, beta: float = 1.0, base_visible_bias=None, pre=None):
+        """One block-Gibbs sweep ``x -> h -> x'`` of the model at inverse temperature ``beta``.
+
+        At ``beta = 1`` without a base bias it is the RBM's own sweep, ``h ~ p(h | x)`` then
+        ``x' ~ p(x | h)``, which leaves p(x) invariant. Otherwise it is the sweep of the tempered
+        model that AIS anneals through, with base visible bias ``a_A`` (zeros when None):
+
+            p*_beta(x) = exp((1 - beta) a_A.x + beta a.x) prod_j (1 + exp(beta (b_j + (x W)_j))),
+            h_j ~ sigmoid(beta (b_j + (x W)_j)),   x_i ~ sigmoid((1 - beta) a_A_i + beta (a_i + (W h)_i)).
+
+        The inner loop of every RBM sampler of the course (:func:`gibbs_sweeps`,
+        :func:`helpers.mcmc.gibbs_sample`, :class:`helpers.mcmc.PersistentChains`,
+        :func:`helpers.ais.anneal`): no input checks (validate ``x`` once with
+        :meth:`check_visible`), no gradients, one uniform draw per unit and row from
+        ``generator`` (a unit is on when u < p). ``pre`` may pass ``b + x W`` when the caller
+        has it already (AIS does, for its weights). Returns x' (rows, n_visible) in the model's dtype.
+        """
+        W, a, b = self.W.detach(), self.a.detach(), self.b.detach()
+        lin = linear_for(W.dtype, W.device)
+        plain = beta == 1 and base_visible_bias is None
+        if pre is not None:
+            ph = torch.sigmoid(beta * pre).to(W.dtype)
+        else:
+            ph = lin(x, W.T, b) if plain else torch.sigmoid(beta * lin(x, W.T, b, "none"))
+        h = _bernoulli(ph, generator)
+        if plain:
+            return _bernoulli(lin(h, W, a), generator)
+        a_base = torch.zeros_like(a) if base_visible_bias is None else base_visible_bias
+        px = lin(h, W, a - a_base, "none").mul_(beta).add_(a_base).sigmoid_()
+        return _bernoulli(px, generator)
 
     def log_partition_exact(self, chunk: int = DEFAULT_CHUNK, max_units: int = MAX_EXACT_UNITS):
         """log Z in nats, exact: sums out the larger layer analytically and
@@ -237,7 +266,7 @@ class BernoulliRBM:
         """
         layer = self._exact_layer(max_units)
         n = self.n_hidden if layer == "hidden" else self.n_visible
-        parts = [torch.logsumexp(self._log_weights(s, layer), 0)
+        parts = [torch.logsumexp(self.unnormalised_log_marginal(s, layer), 0)
                  for s in _chunks(n, chunk, self.dtype, self.device)]
         return torch.logsumexp(torch.stack(parts), 0)
 
@@ -279,7 +308,7 @@ class BernoulliRBM:
         n = self.n_hidden if layer == "hidden" else self.n_visible
         # One pass: weights relative to the running maximum log weight, rescaling the sums when it grows.
         for s in _chunks(n, chunk, self.dtype, self.device):
-            log_w = self._log_weights(s, layer)
+            log_w = self.unnormalised_log_marginal(s, layer)
             new_shift = torch.maximum(shift, log_w.max())
             rescale = torch.exp(shift - new_shift)
             w = torch.exp(log_w - new_shift)
@@ -322,46 +351,6 @@ class BernoulliRBM:
 
 
 
-#: "auto" threading: loops whose matmuls are smaller than this many multiply-adds
-#: (rows x n_visible x n_hidden) run on one thread. Their per-step tensors are so
-#: small that a second thread gains little and, on a busy 2-core machine, costs
-#: a lot: a 784 x 20 RBM trained 25-100x slower with 2 threads than with 1 here.
-SMALL_MATMUL = 2**23
-
-
-def _resolve_threads(num_threads, work):
-    """Thread count for a loop with matmuls of ``work`` multiply-adds (None: leave torch's)."""
-    if num_threads == "auto":
-        return 1 if work < SMALL_MATMUL else None
-    if num_threads is None:
-        return None
-    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
-        raise ValueError(f"num_threads must be 'auto', None or an int >= 1, got {num_threads!r}")
-    return num_threads
-
-
-@contextlib.contextmanager
-def _torch_threads(n):
-    """Run the block with ``torch.set_num_threads(n)`` (``None``: unchanged), restoring it after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _bernoulli(p, generator):
-    """One independent draw per entry of ``p``: ``1.0`` where ``U(0, 1) < p``.
-
-    Draws ``torch.rand(p.shape)`` from ``generator``, the same stream that the
-    fast training loop of :func:`train_rbm` consumes (so the two can be compared
-    draw for draw).
-    """
-    return (torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device) < p).to(p.dtype)
-
-
 def _statistics(rbm, x):
     """<x h^T>, <x>, <h> over the rows of ``x`` with h replaced by p(h | x)."""
     ph = torch.sigmoid(x @ rbm.W + rbm.b)
@@ -373,14 +362,17 @@ def gibbs_sweeps(rbm, x, k: int = 1, generator: torch.Generator | None = None):
 
     Every unit of every row is an independent Bernoulli draw. Returns the new
     visible states, shape ``(batch, n_visible)``, binary, in the model's dtype.
-    The sampler is :func:`helpers.mcmc.gibbs_sample` (one implementation of
+    Each sweep is :meth:`BernoulliRBM.gibbs_sweep` (one implementation of
     block Gibbs in the course); small problems run on one CPU thread (see
-    :data:`SMALL_MATMUL`), as do :func:`cd_gradient` and :func:`pseudo_log_likelihood`.
+    :data:`helpers.config.SMALL_MATMUL`, the thread policy of :func:`helpers.config.threads_for`),
+    as do :func:`cd_gradient` and :func:`pseudo_log_likelihood`.
     """
     x = rbm.check_visible(x)
     _check_int("k", k, 1)
-    with _torch_threads(_resolve_threads("auto", x.shape[0] * rbm.n_visible * rbm.n_hidden)):
-        return gibbs_sample(rbm, x, k, generator)
+    with threads_for(x.shape[0] * rbm.n_visible * rbm.n_hidden), torch.no_grad():
+        for _ in range(k):
+            x = rbm.gibbs_sweep(x, generator)
+    return x
 
 
 def cd_gradient(rbm, x, k: int = 1, generator: torch.Generator | None = None, chains=None):
@@ -427,7 +419,7 @@ def cd_gradient(rbm, x, k: int = 1, generator: torch.Generator | None = None, ch
     x_neg = gibbs_sweeps(rbm, start, k, generator)
     if chains is not None:
         chains.copy_(x_neg)
-    with _torch_threads(_resolve_threads("auto", max(len(x), len(x_neg)) * rbm.n_visible * rbm.n_hidden)):
+    with threads_for(max(len(x), len(x_neg)) * rbm.n_visible * rbm.n_hidden):
         pos, neg = _statistics(rbm, x), _statistics(rbm, x_neg)
     return {name: pos[name] - neg[name] for name in pos}, x_neg
 
@@ -565,7 +557,7 @@ def pseudo_log_likelihood(rbm, x, *, stochastic: bool = False, generator: torch.
     x = rbm.check_visible(x)
     if stochastic:
         bits = torch.randint(rbm.n_visible, (x.shape[0],), generator=generator).to(x.device)
-    with _torch_threads(_resolve_threads("auto", x.shape[0] * rbm.n_visible * rbm.n_hidden)):
+    with threads_for(x.shape[0] * rbm.n_visible * rbm.n_hidden):
         return _pll_bits(rbm, x) if not stochastic else rbm.n_visible * _pll_bits(rbm, x, bits)
 
 
@@ -573,33 +565,150 @@ def pseudo_log_likelihood(rbm, x, *, stochastic: bool = False, generator: torch.
 _CHECKPOINT_FORMAT = "helpers.rbm checkpoint 1"
 
 
-class TrainHistory(dict):
-    """What :func:`train_rbm` returns: a dict of per-epoch lists (so
-    ``pandas.DataFrame(history)`` works) with two attributes:
+class TrainHistory(History):
+    """What :func:`train_rbm` returns: a :class:`helpers.train.History` (a dict of per-epoch
+    lists, so ``pandas.DataFrame(history)`` works) with two attributes:
 
     ``chains``: the final PCD chains, Tensor (n_chains, n_visible) (``None`` for CD),
     for fantasy-particle plots or to continue training (``train_rbm(..., chains=history.chains)``);
-    ``settings``: the arguments of the run and how the metrics were measured.
+    ``settings``: the settings of the run and how the metrics were measured.
     """
 
     chains = None
-    settings = None
 
 
-def _check_finite_settings(**values):
-    for name, (value, low, low_ok, high, high_ok) in values.items():
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (value >= low if low_ok else value > low) and (value <= high if high_ok else value < high)
-        if not ok:
-            rng = f"{'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
-            raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
+@dataclass(frozen=True)
+class RBMSettings:
+    """Everything :func:`train_rbm` needs besides the model, the data and the random source.
+
+    Validated when built; its fields are the checkpoint fingerprint and ``history.settings``,
+    so a setting is declared here, once. See :func:`train_rbm` for their meaning.
+    """
+
+    method: str = "cd"
+    k: int = 1
+    lr: float = 0.05
+    momentum: float = 0.5
+    weight_decay: float = 1e-4
+    batch_size: int = 100
+    n_epochs: int = 10
+    n_chains: int = 100
+    shuffle: bool = True
+    n_monitor: int = 1000
+    pll: str = "auto"
+
+    def __post_init__(self):
+        check_choice("method", self.method, ("cd", "pcd"))
+        check_choice("pll", self.pll, ("auto", "exact", "stochastic"))
+        for name in ("k", "batch_size", "n_epochs", "n_chains", "n_monitor"):
+            _check_int(name, getattr(self, name), 1)
+        check_real("lr", self.lr, 0, low_ok=False)
+        check_real("momentum", self.momentum, 0, 1, high_ok=False)
+        check_real("weight_decay", self.weight_decay, 0)
 
 
-def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr: float = 0.05,
-              momentum: float = 0.5, weight_decay: float = 1e-4, batch_size: int = 100, n_epochs: int = 10,
-              n_chains: int = 100, chains=None, shuffle: bool = True, seed: int | None = 0,
-              generator: torch.Generator | None = None, n_monitor: int = 1000, pll: str = "auto",
-              progress: bool = True, num_threads="auto", checkpoint=None):
+def _fused_cd_step(rbm, x_train, s: RBMSettings, gen, chains):
+    """The CD-k / PCD-k update of :func:`train_rbm` as a step function ``idx -> {}`` for the loop.
+
+    Same mathematics as :func:`cd_gradient` followed by a momentum update (pinned to it by
+    tests/test_rbm_training.py), but fused for speed: the five products per update go through
+    one kernel, ``lin(inp, weight, bias, act) = act(inp @ weight.T + bias)`` (oneDNN on CPU
+    float32, else addmm; see helpers._linear), and draws and gradient statistics reuse
+    preallocated buffers. Updates ``rbm``'s tensors and the PCD ``chains`` in place.
+    """
+    dev, dt = rbm.device, rbm.dtype
+    M, N = rbm.n_visible, rbm.n_hidden
+    B = min(s.batch_size, x_train.shape[0])
+    W, a, b = rbm.W, rbm.a, rbm.b  # the model's own tensors: updated in place
+    x_neg_buf = chains if s.method == "pcd" else torch.empty(B, M, dtype=dt, device=dev)
+    C = x_neg_buf.shape[0]
+    empty = lambda *shape: torch.empty(*shape, dtype=dt, device=dev)  # noqa: E731
+    lin = linear_for(dt, dev)
+    xb_buf, h_buf, rh_buf, rx_buf = empty(B, M), empty(max(B, C), N), empty(max(B, C), N), empty(max(B, C), M)
+    # gradient statistics in one product: [xb; x_neg].T @ [ph_pos lr/m; -ph_neg lr/c]
+    xsT_buf, ps_buf = empty(M, B + C), empty(B + C, N)
+    vW, va, vb = torch.zeros_like(W), torch.zeros_like(a), torch.zeros_like(b)
+    lr, momentum, k, cd = s.lr, s.momentum, s.k, s.method == "cd"
+
+    def sample_(p, rnd, out):  # out = 1.0 where U(0,1) < p, independently per entry
+        torch.rand(p.shape, generator=gen, out=rnd)
+        return torch.lt(rnd, p, out=out)
+
+    def step(idx):
+        m = idx.shape[0]
+        xb = torch.index_select(x_train, 0, idx, out=xb_buf[:m])
+        ph_pos = lin(xb, W.T, b)                                   # positive phase: p(h | x)
+        c = m if cd else C                                         # negative phase: k sweeps from the
+        x_neg, h = x_neg_buf[:c], h_buf[:c]                        # batch (CD) or the chains (PCD)
+        sample_(ph_pos if cd else lin(x_neg, W.T, b), rh_buf[:c], h)
+        for sweep in range(k):
+            sample_(lin(h, W, a), rx_buf[:c], x_neg)
+            if sweep < k - 1:
+                sample_(lin(x_neg, W.T, b), rh_buf[:c], h)
+        ph_neg = lin(x_neg, W.T, b)
+        xsT, ps = xsT_buf[:, :m + c], ps_buf[:m + c]               # gradient ascent on the log-likelihood
+        xsT[:, :m].copy_(xb.T)
+        xsT[:, m:].copy_(x_neg.T)
+        torch.mul(ph_pos, lr / m, out=ps[:m])
+        torch.mul(ph_neg, -lr / c, out=ps[m:])
+        torch.add(lin(xsT, ps.T, None, "none"), vW, alpha=momentum, out=vW)
+        if s.weight_decay:
+            vW.add_(W, alpha=-lr * s.weight_decay)
+        W.add_(vW)
+        va.mul_(momentum).add_(xb.sum(0), alpha=lr / m).add_(x_neg.sum(0), alpha=-lr / c)
+        vb.mul_(momentum).add_(ph_pos.sum(0), alpha=lr / m).add_(ph_neg.sum(0), alpha=-lr / c)
+        a.add_(va)
+        b.add_(vb)
+        # one cheap reduction per batch screens for NaN/inf; a sum that overflows although every
+        # entry is finite is told apart by the exact (slower) check
+        if not math.isfinite(sum(float(t.sum()) for t in (W, a, b))) and not all(
+                bool(torch.isfinite(t).all()) for t in (W, a, b)):
+            raise FloatingPointError(f"the parameters became NaN or infinite with lr={lr}")
+        return {}
+
+    return step
+
+
+def _monitor(rbm, x_train, x_valid, s: RBMSettings):
+    """The per-epoch metrics of :func:`train_rbm` as an evaluation ``epoch -> dict``, and the pll mode used."""
+    n, M = x_train.shape
+    lin = linear_for(rbm.dtype, rbm.device)
+    mon_idx = torch.linspace(0, n - 1, min(s.n_monitor, n)).round().long().to(rbm.device)
+    x_mon = x_train[mon_idx]
+    exact_pll = s.pll == "exact" or (s.pll == "auto" and M <= 64)
+    # fixed PLL bits from their own generator: the training stream is untouched
+    bits = None if exact_pll else torch.randint(
+        M, (x_mon.shape[0],), generator=torch.Generator().manual_seed(12345)).to(rbm.device)
+    n_gap = None if x_valid is None else min(s.n_monitor, x_valid.shape[0], n)
+
+    def evaluate(epoch):
+        W, a, b = rbm.W, rbm.a, rbm.b
+        pre = lin(x_mon, W.T, b, "none")  # shared by the three metrics
+        recon = lin(torch.sigmoid(pre), W, a)
+        pll = _pll_bits(rbm, x_mon, pre=pre) if exact_pll else M * _pll_bits(rbm, x_mon, bits, pre=pre)
+        gap = None
+        if n_gap is not None:
+            f_train = -(x_mon[:n_gap] @ a) - _softplus(pre[:n_gap]).sum(1)
+            gap = float(rbm._free_energy(x_valid[:n_gap]).mean() - f_train.mean())
+        return {"recon_error": float(((x_mon - recon) ** 2).mean()), "pseudo_log_likelihood": float(pll.mean()),
+                "free_energy_gap": gap}
+
+    return evaluate, x_mon.shape[0], "exact" if exact_pll else "stochastic"
+
+
+def _training_data(rbm, x_train, x_valid):
+    x_train = rbm.check_visible(x_train)
+    if x_train.shape[0] == 0:
+        raise ValueError("x_train is empty")
+    if x_valid is not None:
+        x_valid = rbm.check_visible(x_valid)
+        if x_valid.shape[0] == 0:
+            raise ValueError("x_valid is empty")
+    return x_train, x_valid
+
+
+def train_rbm(rbm, x_train, x_valid=None, *, chains=None, seed: int | None = 0,
+              generator: torch.Generator | None = None, progress: bool = True, checkpoint=None, **settings):
     """Train ``rbm`` in place by minibatch CD-k or PCD-k with momentum and weight decay.
 
     Per minibatch of ``n`` rows (the last one may be smaller) with CD/PCD
@@ -611,6 +720,9 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
 
     Weight decay (an L2 penalty ``weight_decay/2 * |W|^2``) acts on ``W`` only,
     never on the biases. The velocities start at zero in every call.
+
+    The loop is :func:`helpers.train.fit`; the settings (``method`` ... ``pll`` below) are the
+    fields of :class:`RBMSettings`, passed as keyword arguments.
 
     Parameters
     ----------
@@ -656,11 +768,6 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
         ``"auto"``: exact when ``n_visible <= 64``.
     progress : bool
         Show a ``tqdm.auto`` progress bar.
-    num_threads : "auto", None or int
-        torch CPU threads during training (restored afterwards). ``"auto"``: one
-        thread when each minibatch matmul is small (``batch_size * n_visible *
-        n_hidden < SMALL_MATMUL``, e.g. a 784 x 20 model), torch's setting
-        otherwise (e.g. 784 x 500); ``None``: torch's setting.
 
     checkpoint : path, optional
         Save the trained ``W``, ``a``, ``b`` (and PCD chains) with the history
@@ -685,7 +792,7 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
         first ``min(n_monitor, len(x_valid), len(x_train))`` validation and
         monitoring images (``None`` without ``x_valid``); a growing gap signals
         overfitting;
-        ``"epoch_time"``: seconds spent in the parameter updates of the epoch
+        ``"time"``: seconds spent in the parameter updates of the epoch
         (the metrics excluded).
 
         ``history.chains`` holds the final PCD chains.
@@ -699,169 +806,53 @@ def train_rbm(rbm, x_train, x_valid=None, *, method: str = "cd", k: int = 1, lr:
         message gives the epoch and batch; nothing is adjusted silently and the
         model keeps its non-finite parameters.
     """
-    from tqdm.auto import tqdm
-
-    if method not in ("cd", "pcd"):
-        raise ValueError(f"method must be 'cd' or 'pcd', got {method!r}")
-    if pll not in ("auto", "exact", "stochastic"):
-        raise ValueError(f"pll must be 'auto', 'exact' or 'stochastic', got {pll!r}")
-    _check_int("k", k, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("n_epochs", n_epochs, 1)
-    _check_int("n_chains", n_chains, 1)
-    _check_int("n_monitor", n_monitor, 1)
-    _check_finite_settings(lr=(lr, 0, False, math.inf, False), momentum=(momentum, 0, True, 1, False),
-                           weight_decay=(weight_decay, 0, True, math.inf, False))
-    x_train = rbm.check_visible(x_train)
-    n = x_train.shape[0]
-    if n == 0:
-        raise ValueError("x_train is empty")
-    if x_valid is not None:
-        x_valid = rbm.check_visible(x_valid)
-        if x_valid.shape[0] == 0:
-            raise ValueError("x_valid is empty")
+    s = build_settings(RBMSettings, settings)
+    x_train, x_valid = _training_data(rbm, x_train, x_valid)
     if generator is None:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int (or pass generator=...), got {seed!r}")
         generator = torch.Generator(device=rbm.device).manual_seed(seed)
     gen = generator
-    dev, dt = rbm.device, rbm.dtype
     M, N = rbm.n_visible, rbm.n_hidden
+    if s.method == "cd" and chains is not None:
+        raise ValueError("chains is only used with method='pcd'")
+    fingerprint = None
     if checkpoint is not None:
-        fingerprint = {
-            "model": f"BernoulliRBM({M}, {N}, {dt})", "initial_weights": checkpoint_io.digest(rbm.W, rbm.a, rbm.b),
-            "x_train": checkpoint_io.digest(x_train),
-            "x_valid": "none" if x_valid is None else checkpoint_io.digest(x_valid),
-            "chains": "none" if chains is None else checkpoint_io.digest(chains),
-            "generator": checkpoint_io.digest(gen.get_state()), "method": method, "k": k, "lr": float(lr),
-            "momentum": float(momentum), "weight_decay": float(weight_decay), "batch_size": batch_size,
-            "n_epochs": n_epochs, "n_chains": n_chains, "shuffle": bool(shuffle), "n_monitor": n_monitor,
-            "pll": pll}
-        stored = checkpoint_io.load(checkpoint, fingerprint, _CHECKPOINT_FORMAT, map_location=dev)
-        if stored is not None:
-            state, saved = stored
-            with torch.no_grad():
-                for name in ("W", "a", "b"):
-                    getattr(rbm, name).copy_(state[name])
-            history = TrainHistory(saved["history"])
-            history.settings, history.chains = saved["settings"], state.get("chains")
-            return history
-    B = min(batch_size, n)
-    threads = _resolve_threads(num_threads, B * M * N)
-    W, a, b = rbm.W, rbm.a, rbm.b  # the model's own tensors: updated in place
-
-    # Persistent chains (PCD) or the CD negative buffer.
-    if method == "pcd":
+        digest = checkpoint_io.digest
+        fingerprint = checkpoint_io.fingerprint(
+            s, model=f"BernoulliRBM({M}, {N}, {rbm.dtype})", initial_weights=digest(rbm.W, rbm.a, rbm.b),
+            x_train=digest(x_train), x_valid="none" if x_valid is None else digest(x_valid),
+            chains="none" if chains is None else digest(chains), generator=digest(gen.get_state()))
+    if s.method == "pcd":   # persistent chains, by default drawn from the base-rate model of the data
         if chains is None:
-            p_on = torch.sigmoid(base_rate_visible_bias(x_train, dtype=dt))
-            chains = _bernoulli(p_on.expand(n_chains, M).contiguous(), gen)
+            p_on = torch.sigmoid(base_rate_visible_bias(x_train, dtype=rbm.dtype))
+            chains = _bernoulli(p_on.expand(s.n_chains, M).contiguous(), gen)
         else:
             chains = rbm.check_visible(chains).clone()
-        x_neg_buf = chains
-    elif chains is not None:
-        raise ValueError("chains is only used with method='pcd'")
-    else:
-        x_neg_buf = torch.empty(B, M, dtype=dt, device=dev)
-    C = x_neg_buf.shape[0]
+    evaluate, n_monitor, pll = _monitor(rbm, x_train, x_valid, s)
+    recorded = dict(dataclasses.asdict(s), n_chains=chains.shape[0] if s.method == "pcd" else None,
+                    n_monitor=n_monitor, pll=pll)
 
-    # The five products per update go through one kernel, lin(inp, weight, bias, act) =
-    # act(inp @ weight.T + bias) (oneDNN on CPU float32, else addmm; see helpers._linear), which
-    # returns fresh outputs; the draws and the gradient-statistics operands use preallocated buffers.
-    empty = lambda *s: torch.empty(*s, dtype=dt, device=dev)  # noqa: E731
-    lin = linear_for(dt, dev)
-    xb_buf, h_buf, rh_buf, rx_buf = empty(B, M), empty(max(B, C), N), empty(max(B, C), N), empty(max(B, C), M)
-    # gradient statistics in one product: [xb; x_neg].T @ [ph_pos lr/m; -ph_neg lr/c]
-    xsT_buf, ps_buf = empty(M, B + C), empty(B + C, N)
-    vW, va, vb = torch.zeros_like(W), torch.zeros_like(a), torch.zeros_like(b)
+    def state():
+        out = {"W": rbm.W.detach().clone(), "a": rbm.a.detach().clone(), "b": rbm.b.detach().clone()}
+        return out if chains is None else dict(out, chains=chains.clone())
 
-    def sample_(p, rnd, out):  # out = 1.0 where U(0,1) < p, independently per entry
-        torch.rand(p.shape, generator=gen, out=rnd)
-        return torch.lt(rnd, p, out=out)
+    def restore(stored):
+        nonlocal chains
+        with torch.no_grad():
+            for name in ("W", "a", "b"):
+                getattr(rbm, name).copy_(stored[name])
+        chains = stored.get("chains")
 
-    # Monitoring: a fixed subset, fixed PLL bits (own generator: training stream untouched).
-    mon_idx = torch.linspace(0, n - 1, min(n_monitor, n)).round().long().to(dev)
-    x_mon = x_train[mon_idx]
-    use_exact_pll = pll == "exact" or (pll == "auto" and M <= 64)
-    pll_bits = None if use_exact_pll else torch.randint(
-        M, (x_mon.shape[0],), generator=torch.Generator().manual_seed(12345)).to(dev)
-    if x_valid is not None:
-        n_gap = min(n_monitor, x_valid.shape[0], n)
-        x_gap_valid = x_valid[:n_gap]
-
-    history = TrainHistory(epoch=[], recon_error=[], pseudo_log_likelihood=[], free_energy_gap=[], epoch_time=[])
-    history.settings = dict(method=method, k=k, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                            batch_size=batch_size, n_epochs=n_epochs, n_chains=C if method == "pcd" else None,
-                            n_monitor=x_mon.shape[0], pll="exact" if use_exact_pll else "stochastic")
-    n_batches = (n + B - 1) // B
-    bar = tqdm(total=n_epochs * n_batches, unit="batch", desc=f"{method.upper()}-{k}", disable=not progress)
-    order = torch.arange(n, device=dev)
-    with torch.no_grad(), _torch_threads(threads):
-        for epoch in range(1, n_epochs + 1):
-            t0 = time.perf_counter()
-            if shuffle:
-                order = torch.randperm(n, generator=gen, device=gen.device).to(dev)
-            for batch, start in enumerate(range(0, n, B), 1):
-                idx = order[start:start + B]
-                m = idx.shape[0]
-                xb = torch.index_select(x_train, 0, idx, out=xb_buf[:m])
-                # positive phase: p(h | x) for the batch
-                ph_pos = lin(xb, W.T, b)
-                # negative phase: k block-Gibbs sweeps from the batch (CD) or the chains (PCD)
-                c = m if method == "cd" else C
-                x_neg, h = x_neg_buf[:c], h_buf[:c]
-                sample_(ph_pos if method == "cd" else lin(x_neg, W.T, b), rh_buf[:c], h)
-                for sweep in range(k):
-                    sample_(lin(h, W, a), rx_buf[:c], x_neg)
-                    if sweep < k - 1:
-                        sample_(lin(x_neg, W.T, b), rh_buf[:c], h)
-                ph_neg = lin(x_neg, W.T, b)
-                # parameter updates (gradient ascent on the log-likelihood)
-                xsT, ps = xsT_buf[:, :m + c], ps_buf[:m + c]
-                xsT[:, :m].copy_(xb.T)
-                xsT[:, m:].copy_(x_neg.T)
-                torch.mul(ph_pos, lr / m, out=ps[:m])
-                torch.mul(ph_neg, -lr / c, out=ps[m:])
-                torch.add(lin(xsT, ps.T, None, "none"), vW, alpha=momentum, out=vW)
-                if weight_decay:
-                    vW.add_(W, alpha=-lr * weight_decay)
-                W.add_(vW)
-                va.mul_(momentum).add_(xb.sum(0), alpha=lr / m).add_(x_neg.sum(0), alpha=-lr / c)
-                vb.mul_(momentum).add_(ph_pos.sum(0), alpha=lr / m).add_(ph_neg.sum(0), alpha=-lr / c)
-                a.add_(va)
-                b.add_(vb)
-                # one cheap reduction per batch screens for NaN/inf; a sum that overflows although
-                # every entry is finite is told apart by the exact (slower) check
-                if not math.isfinite(sum(float(t.sum()) for t in (W, a, b))) and not all(
-                        bool(torch.isfinite(t).all()) for t in (W, a, b)):
-                    bar.close()
-                    raise FloatingPointError(
-                        f"RBM training diverged at epoch {epoch}, batch {batch} of {n_batches}: the parameters "
-                        f"became NaN or infinite with lr={lr}. Try a smaller learning rate (e.g. lr={lr / 10:g}); "
-                        "the model keeps the non-finite values.")
-                bar.update(1)
-            history["epoch_time"].append(time.perf_counter() - t0)
-            history["epoch"].append(epoch)
-            pre_mon = lin(x_mon, W.T, b, "none")  # shared by the three metrics
-            recon = lin(torch.sigmoid(pre_mon), W, a)
-            history["recon_error"].append(float(((x_mon - recon) ** 2).mean()))
-            if use_exact_pll:
-                pl = _pll_bits(rbm, x_mon, pre=pre_mon)
-            else:
-                pl = M * _pll_bits(rbm, x_mon, pll_bits, pre=pre_mon)
-            history["pseudo_log_likelihood"].append(float(pl.mean()))
-            if x_valid is None:
-                history["free_energy_gap"].append(None)
-            else:
-                f_train = -(x_mon[:n_gap] @ a) - _softplus(pre_mon[:n_gap]).sum(1)
-                history["free_energy_gap"].append(float(rbm._free_energy(x_gap_valid).mean() - f_train.mean()))
-            bar.set_postfix(recon=f"{history['recon_error'][-1]:.4f}",
-                            pll=f"{history['pseudo_log_likelihood'][-1]:.1f}")
-    bar.close()
-    history.chains = chains.clone() if method == "pcd" else None
-    if checkpoint is not None:
-        state = {"W": W.detach().clone(), "a": a.detach().clone(), "b": b.detach().clone()}
-        if history.chains is not None:
-            state["chains"] = history.chains
-        checkpoint_io.save(checkpoint, fingerprint, _CHECKPOINT_FORMAT, state,
-                           {"history": dict(history), "settings": history.settings})
+    with torch.no_grad(), threads_for(min(s.batch_size, x_train.shape[0]) * M * N):
+        run = fit(
+            _fused_cd_step(rbm, x_train, s, gen, chains), x_train.shape[0], n_epochs=s.n_epochs,
+            batch_size=min(s.batch_size, x_train.shape[0]), generator=gen, shuffle=s.shuffle, evaluate=evaluate,
+            progress=progress, desc=f"{s.method.upper()}-{s.k}", show=("recon_error", "pseudo_log_likelihood"),
+            device=rbm.device, settings=recorded, checkpoint=checkpoint, fingerprint=fingerprint,
+            kind=_CHECKPOINT_FORMAT, state=state, restore=restore,
+            hint=f"Try a smaller learning rate (e.g. lr={s.lr / 10:g}); the model keeps the non-finite values.")
+    history = TrainHistory(run)
+    history.settings = run.settings or recorded
+    history.chains = None if chains is None else chains.clone()
     return history

@@ -1,4 +1,4 @@
-"""Variational autoencoders: encoders, decoders, likelihoods, the ELBO, KL and IWAE.
+"""Variational autoencoders: likelihoods, the VAE, the ELBO, KL and IWAE, the training step (networks: helpers.nets).
 
 Notation: the notes write the latent variable as ``h``; this module calls it
 ``z``, as the VAE literature does (Kingma & Welling 2014). ``x`` is the data.
@@ -23,9 +23,9 @@ so the same seed gives bitwise identical results on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -33,124 +33,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as checkpoint_io
-from ._validate import check_count
+from ._validate import check_count, check_real
 
-#: MNIST image shape (channels, height, width) expected by the convolutional encoder.
-IMAGE_SHAPE = (1, 28, 28)
+# the networks, also importable from here (`as`: an explicit re-export)
+from .nets import IMAGE_SHAPE as IMAGE_SHAPE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, _check_tensor
+from .train import build_settings, fit
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
-# ---------------------------------------------------------------------- input checks
-def _check_tensor(x, who: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{who} needs a torch.Tensor, got {type(x).__name__} (convert with torch.as_tensor)")
-    if not x.is_floating_point():
-        raise ValueError(f"{who} needs floating-point data, got dtype {x.dtype}; "
-                         "for uint8 images use x.float() / 255 (or helpers.data.load_mnist)")
-    if not torch.isfinite(x).all():
-        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-        raise ValueError(f"{who} got {n_nan} NaN and {n_inf} infinite values; clean the data first")
-
-
-def _shape_error(who: str, expected: str, x: torch.Tensor, hint: str = "") -> ValueError:
-    return ValueError(f"{who} expects a batch of shape {expected}, got {tuple(x.shape)}" + (f"; {hint}" if hint else ""))
-
-
 # ---------------------------------------------------------------------- networks
-class MLPEncoder(nn.Module):
-    """x (batch, input_dim) -> hidden (ReLU) -> (mu, logvar), each (batch, latent_dim).
-
-    Also accepts images (batch, 1, 28, 28) when ``input_dim`` is 784 (they are flattened).
-    """
-
-    def __init__(self, input_dim: int = 784, hidden: int = 512, latent_dim: int = 2):
-        super().__init__()
-        self.input_dim, self.hidden, self.latent_dim = input_dim, hidden, latent_dim
-        self.net = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
-
-    def check_input(self, x):
-        _check_tensor(x, type(self).__name__)
-        if x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim:
-            raise _shape_error(type(self).__name__, f"(batch, {self.input_dim})", x,
-                               "use x[None] for a single image" if x.dim() == 1 else "")
-
-    def forward(self, x):
-        self.check_input(x)
-        mu, logvar = self.net(x.flatten(1)).chunk(2, dim=1)
-        return mu, logvar
-
-
-class MLPDecoder(nn.Module):
-    """z (batch, latent_dim) -> hidden (ReLU) -> output (batch, output_dim).
-
-    The output is the likelihood's parameter: Bernoulli logits or Gaussian means.
-    """
-
-    def __init__(self, latent_dim: int = 2, hidden: int = 512, output_dim: int = 784):
-        super().__init__()
-        self.latent_dim, self.hidden, self.output_dim = latent_dim, hidden, output_dim
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, output_dim))
-
-    def forward(self, z):
-        return self.net(z)
-
-
-class ConvEncoder(nn.Module):
-    """The classic convolutional encoder for 28 x 28 images (Keras' VAE example).
-
-    (batch, 1, 28, 28) -> conv 32 (3x3, stride 2) -> 14x14 -> conv 64 (3x3,
-    stride 2) -> 7x7 -> flatten -> dense ``hidden`` (16 in Keras' example) ->
-    (mu, logvar), each (batch, latent_dim). ReLU after every hidden layer.
-
-    Convolutions run in the channels-last memory layout, which oneDNN computes
-    about 1.5x faster on CPUs; the mathematics is unchanged.
-    """
-
-    def __init__(self, latent_dim: int = 2, hidden: int = 16):
-        super().__init__()
-        self.latent_dim, self.hidden = latent_dim, hidden
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),   # 28 -> 14
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
-        )
-        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, hidden), nn.ReLU(),
-                                   nn.Linear(hidden, 2 * latent_dim))
-        self.conv.to(memory_format=torch.channels_last)
-
-    def check_input(self, x):
-        _check_tensor(x, type(self).__name__)
-        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
-            hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
-                    if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
-            raise _shape_error(type(self).__name__, "(batch, 1, 28, 28)", x, hint)
-
-    def forward(self, x):
-        self.check_input(x)
-        h = self.conv(x.contiguous(memory_format=torch.channels_last))
-        mu, logvar = self.dense(h.contiguous()).chunk(2, dim=1)
-        return mu, logvar
-
-
-class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: z -> dense 7*7*64 -> transposed conv 64
-    (stride 2) -> 14x14 -> transposed conv 32 (stride 2) -> 28x28 -> transposed
-    conv 1 (3x3, stride 1) -> output (batch, 1, 28, 28), the likelihood's
-    parameter (Bernoulli logits or Gaussian means)."""
-
-    def __init__(self, latent_dim: int = 2):
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.dense = nn.Sequential(nn.Linear(latent_dim, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)))
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 7 -> 14
-            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 14 -> 28
-            nn.ConvTranspose2d(32, 1, 3, stride=1, padding=1),                                # 28 -> 28
-        )
-        self.deconv.to(memory_format=torch.channels_last)
-
-    def forward(self, z):
-        h = self.dense(z).contiguous(memory_format=torch.channels_last)
-        return self.deconv(h).contiguous()
+# The encoders and decoders live in helpers.nets (imported above) and stay importable from here.
 
 
 # ---------------------------------------------------------------------- likelihoods
@@ -364,7 +257,13 @@ class ELBO(NamedTuple):
         return -self.elbo
 
 
-def _elbo_terms(model: VAE, x, generator=None):
+def elbo_terms(model: VAE, x, generator=None):
+    """The ELBO's two terms per image, nats: ``(reconstruction, kl)``, each of shape (batch,).
+
+    reconstruction = log p(x | z) at one reparameterized z ~ q(z | x) (summed over pixels);
+    kl = KL(q(z | x) || p(z)) in closed form (summed over latent dimensions). No input checks
+    (see :func:`elbo`); gradients flow to encoder and decoder.
+    """
     mu, logvar = model.encoder(x)
     z = model.reparameterize(mu, logvar, generator)
     rec = model.likelihood.log_prob(x, model.decoder(z))
@@ -392,7 +291,7 @@ def elbo(model: VAE, x, generator: torch.Generator | None = None, *, reduction: 
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     model.check_input(x)
-    rec, kl = _elbo_terms(model, x, generator)
+    rec, kl = elbo_terms(model, x, generator)
     if reduction == "mean":
         rec, kl = rec.mean(), kl.mean()
     return ELBO(rec - kl, rec, kl)
@@ -629,13 +528,31 @@ def collapse_checks(health: LatentHealth, test_elbo: float, independent_pixels: 
 
 
 # ---------------------------------------------------------------------- training
-def _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic_binarization, beta,
-                 kl_warmup) -> dict:
-    """Everything that determines the trained weights, as plain strings and numbers."""
-    return checkpoint_io.module_fingerprint(
-        model, x_train=x_train, x_test="none" if x_test is None else x_test, n_epochs=n_epochs,
-        batch_size=batch_size, lr=float(lr), seed=seed, dynamic_binarization=bool(dynamic_binarization),
-        beta=float(beta), kl_warmup=int(kl_warmup))
+@dataclass(frozen=True)
+class VAESettings:
+    """Everything :func:`train_vae` needs besides the model and the data; validated when built.
+
+    Its fields are the checkpoint fingerprint and ``history.settings``: a new setting is
+    declared here, once. See :func:`train_vae` for their meaning.
+    """
+
+    n_epochs: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    dynamic_binarization: bool = False
+    beta: float = 1.0
+    kl_warmup: int = 0
+
+    def __post_init__(self):
+        check_count("n_epochs", self.n_epochs)
+        check_count("batch_size", self.batch_size)
+        check_count("seed", self.seed, 0)
+        check_real("lr", self.lr, 0, low_ok=False)
+        check_real("beta", self.beta, 0)
+        check_count("kl_warmup", self.kl_warmup, 0)
+        if not isinstance(self.dynamic_binarization, bool):
+            raise ValueError(f"dynamic_binarization must be True or False, got {self.dynamic_binarization!r}")
 
 
 _CHECKPOINT_FORMAT = "helpers.vae checkpoint 2"
@@ -652,18 +569,61 @@ def _evaluate(model, x, seed, batch_size=1000):
     gen = torch.Generator(device=x.device).manual_seed(seed)
     rec = kl = 0.0
     for i in range(0, len(x), batch_size):
-        r, k = _elbo_terms(model, x[i:i + batch_size], gen)
+        r, k = elbo_terms(model, x[i:i + batch_size], gen)
         rec, kl = rec + r.sum().item(), kl + k.sum().item()
     return rec / len(x), kl / len(x)
 
 
-def train_vae(model: VAE, x_train, x_test=None, *, n_epochs: int, batch_size: int = 128, lr: float = 1e-3,
-              seed: int = 0, progress: bool = True, checkpoint=None, dynamic_binarization: bool = False,
-              beta: float = 1.0, kl_warmup: int = 0) -> dict:
+def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=None, kl_weight: float = 1.0) -> dict:
+    """One gradient step on the VAE loss ``kl_weight * KL - reconstruction`` (batch means, nats).
+
+    ``x`` (batch, ...) is one minibatch; ``kl_weight = 1`` is the ELBO. Returns the batch means
+    ``train_elbo``, ``reconstruction`` and ``kl`` (nats per image, before the step); raises
+    ``FloatingPointError`` for a non-finite loss or gradient, before the weights change.
+    """
+    model.train()
+    rec, kl = elbo_terms(model, x, generator)
+    loss = kl_weight * kl.mean() - rec.mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not torch.isfinite(torch.stack([g.abs().amax() for g in grads])).all():
+        raise FloatingPointError("a gradient became NaN or infinite")
+    optimizer.step()
+    rec, kl = rec.detach().mean().item(), kl.detach().mean().item()
+    return {"train_elbo": rec - kl, "reconstruction": rec, "kl": kl}
+
+
+def _prepare_data(model, x_train, x_test, settings):
+    """Validate the data for ``settings`` (binary, or grey levels with dynamic binarization)."""
+    if not settings.dynamic_binarization:
+        model.check_input(x_train)
+        if x_test is not None:
+            model.check_input(x_test)
+        return x_train, x_test
+    if not isinstance(model.likelihood, BernoulliLikelihood):
+        raise ValueError("dynamic_binarization=True needs the Bernoulli likelihood")
+    model.check_input(x_train, data_check=False)
+    if x_train.min() < 0 or x_train.max() > 1:
+        raise ValueError("dynamic_binarization needs x_train intensities in [0, 1]")
+    if x_test is not None:
+        model.check_input(x_test, data_check=False)
+        if not _is_binary(x_test):
+            if x_test.min() < 0 or x_test.max() > 1:
+                raise ValueError("dynamic_binarization needs x_test intensities in [0, 1] (or binary data)")
+            x_test = torch.bernoulli(x_test, generator=torch.Generator(x_test.device).manual_seed(settings.seed))
+    return x_train, x_test
+
+
+def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkpoint=None, **settings) -> dict:
     """Train ``model`` by maximising the ELBO with Adam; returns the history per epoch.
 
     The data are preloaded tensors; each epoch visits them in a new random order
     (shuffled index batches, no DataLoader, no per-sample transforms).
+
+    The loop is :func:`helpers.train.fit`; each minibatch is one :func:`training_step`.
 
     Parameters
     ----------
@@ -672,6 +632,8 @@ def train_vae(model: VAE, x_train, x_test=None, *, n_epochs: int, batch_size: in
     x_train, x_test : Tensor (n, ...)
         Shapes the encoder accepts, moved to the model's device. With the
         Bernoulli likelihood they must be binary, unless ``dynamic_binarization``.
+    **settings
+        The fields of :class:`VAESettings` (validated there):
     n_epochs, batch_size, lr : int, int, float
         Passes over ``x_train``, images per step (the last batch may be smaller),
         Adam's learning rate.
@@ -709,10 +671,11 @@ def train_vae(model: VAE, x_train, x_test=None, *, n_epochs: int, batch_size: in
 
     Returns
     -------
-    dict of lists, one entry per epoch: ``epoch``, ``train_elbo``,
+    helpers.train.History (a dict of lists, one entry per epoch): ``epoch``, ``train_elbo``,
     ``reconstruction``, ``kl`` (means over the epoch's batches, in nats per image,
-    taken while the model was changing), ``time`` (seconds), and with ``x_test``:
-    ``test_elbo``, ``test_reconstruction``, ``test_kl`` (after the epoch).
+    taken while the model was changing), ``time`` (seconds of the epoch's updates, the
+    test evaluation excluded), and with ``x_test``: ``test_elbo``, ``test_reconstruction``,
+    ``test_kl`` (after the epoch). ``history.settings`` holds the settings.
 
     Raises
     ------
@@ -720,106 +683,42 @@ def train_vae(model: VAE, x_train, x_test=None, *, n_epochs: int, batch_size: in
         The loss or a gradient became NaN/inf; the message names the epoch and
         batch and suggests a smaller learning rate.
     """
-    for name, v in (("n_epochs", n_epochs), ("batch_size", batch_size), ("seed", seed)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
-            raise ValueError(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} int, got {v!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
-        raise ValueError(f"beta must be a non-negative number (1 for the ELBO), got {beta!r}")
-    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
-        raise ValueError(f"kl_warmup must be a non-negative int (steps), got {kl_warmup!r}")
+    settings = build_settings(VAESettings, settings)
     device = next(model.parameters()).device
-    if dynamic_binarization:
-        if not isinstance(model.likelihood, BernoulliLikelihood):
-            raise ValueError("dynamic_binarization=True needs the Bernoulli likelihood")
-        model.check_input(x_train, data_check=False)
-        if x_train.min() < 0 or x_train.max() > 1:
-            raise ValueError("dynamic_binarization needs x_train intensities in [0, 1]")
-        if x_test is not None:
-            model.check_input(x_test, data_check=False)
-            if not _is_binary(x_test):
-                if x_test.min() < 0 or x_test.max() > 1:
-                    raise ValueError("dynamic_binarization needs x_test intensities in [0, 1] (or binary data)")
-                x_test = torch.bernoulli(x_test, generator=torch.Generator(x_test.device).manual_seed(seed))
-    else:
-        model.check_input(x_train)
-        if x_test is not None:
-            model.check_input(x_test)
+    x_train, x_test = _prepare_data(model, x_train, x_test, settings)
     x_train = x_train.to(device)
     x_test = None if x_test is None else x_test.to(device)
 
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None:
-        fingerprint = _fingerprint(model, x_train, x_test, n_epochs, batch_size, lr, seed, dynamic_binarization, beta,
-                                   kl_warmup)
-        stored = checkpoint_io.load(path, fingerprint, _CHECKPOINT_FORMAT, map_location=device)
-        if stored is not None:
-            model.load_state_dict(stored[0])
-            model.eval()
-            return stored[1]
+    s = settings
+    gen = torch.Generator(device=device).manual_seed(s.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    steps_done = 0
 
-    gen = torch.Generator(device=device).manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n = len(x_train)
-    n_batches = math.ceil(n / batch_size)
-    history = {"epoch": [], "train_elbo": [], "reconstruction": [], "kl": [], "time": []}
-    if x_test is not None:
-        history.update(test_elbo=[], test_reconstruction=[], test_kl=[])
+    def step(idx):
+        nonlocal steps_done
+        xb = x_train[idx]
+        if s.dynamic_binarization:
+            xb = torch.bernoulli(xb, generator=gen)
+        weight = s.beta if steps_done >= s.kl_warmup else s.beta * steps_done / s.kl_warmup
+        steps_done += 1
+        return training_step(model, opt, xb, gen, kl_weight=weight)
 
-    from tqdm.auto import tqdm
+    def evaluate(epoch):
+        if x_test is None:
+            return {}
+        model.eval()
+        rec, kl = _evaluate(model, x_test, s.seed)
+        return {"test_elbo": rec - kl, "test_reconstruction": rec, "test_kl": kl}
 
-    bar = tqdm(total=n_epochs * n_batches, desc="training VAE", unit="batch", disable=not progress)
-    step = 0
-    try:
-        for epoch in range(1, n_epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            perm = torch.randperm(n, generator=gen, device=device)
-            rec_sum = kl_sum = 0.0
-            for b in range(n_batches):
-                xb = x_train[perm[b * batch_size:(b + 1) * batch_size]]
-                if dynamic_binarization:
-                    xb = torch.bernoulli(xb, generator=gen)
-                rec, kl = _elbo_terms(model, xb, gen)
-                weight = beta if step >= kl_warmup else beta * step / kl_warmup
-                loss = (kl.mean() if weight == 1 else weight * kl.mean()) - rec.mean()
-                step += 1
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the loss became {loss.item()} at epoch {epoch}, batch {b + 1} of {n_batches}; "
-                        f"training diverged. Try a smaller learning rate (lr={lr:g} now, e.g. lr={lr / 10:g}) "
-                        "and rebuild the model: its weights are no longer usable.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grads = [p.grad for p in params if p.grad is not None]
-                if not torch.isfinite(torch.stack([g.abs().amax() for g in grads])).all():
-                    raise FloatingPointError(
-                        f"a gradient became NaN or infinite at epoch {epoch}, batch {b + 1} of {n_batches}. "
-                        f"Try a smaller learning rate (lr={lr:g} now, e.g. lr={lr / 10:g}) and rebuild the model.")
-                opt.step()
-                rec_sum += rec.detach().sum().item()
-                kl_sum += kl.detach().sum().item()
-                bar.update()
-            history["epoch"].append(epoch)
-            history["reconstruction"].append(rec_sum / n)
-            history["kl"].append(kl_sum / n)
-            history["train_elbo"].append((rec_sum - kl_sum) / n)
-            if x_test is not None:
-                model.eval()
-                t_rec, t_kl = _evaluate(model, x_test, seed)
-                history["test_reconstruction"].append(t_rec)
-                history["test_kl"].append(t_kl)
-                history["test_elbo"].append(t_rec - t_kl)
-            history["time"].append(time.perf_counter() - t0)
-            post = {"ELBO": f"{history['train_elbo'][-1]:.1f}"}
-            if x_test is not None:
-                post["test ELBO"] = f"{history['test_elbo'][-1]:.1f}"
-            bar.set_postfix(post, refresh=False)
-    finally:
-        bar.close()
+    fingerprint = None
+    if checkpoint is not None:
+        fingerprint = checkpoint_io.module_fingerprint(
+            model, x_train=x_train, x_test="none" if x_test is None else x_test, **dataclasses.asdict(s))
+    history = fit(step, len(x_train), n_epochs=s.n_epochs, batch_size=s.batch_size, generator=gen, evaluate=evaluate,
+                  progress=progress, desc="training VAE", show=("train_elbo", "test_elbo"), device=device,
+                  hint=f"Try a smaller learning rate (lr={s.lr:g} now, e.g. lr={s.lr / 10:g}) and rebuild the model: "
+                       "its weights are no longer usable.",
+                  settings=dataclasses.asdict(s), checkpoint=checkpoint, fingerprint=fingerprint,
+                  kind=_CHECKPOINT_FORMAT, state=model.state_dict, restore=model.load_state_dict)
     model.eval()
-    if path is not None:
-        checkpoint_io.save(path, fingerprint, _CHECKPOINT_FORMAT, model.state_dict(), history)
     return history

@@ -120,7 +120,6 @@ def test_custom_schedule_threads_and_single_run():
     (dict(base_visible_bias=torch.zeros(4), data=torch.zeros(2, 4)), "not both"),
     (dict(base_visible_bias=torch.zeros(3)), r"shape \(4,\)"),
     (dict(data=torch.full((2, 4), 0.5)), "binary"),
-    (dict(num_threads=0), "num_threads"),
 ])
 def test_bad_input_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -6,8 +6,12 @@
 * a title cell: '# Week NN — ...', what it teaches, how long it takes (with a number);
 * a setup cell that prints the seed it uses;
 * exercises at the end, followed only by their self-check cells (helpers.selfcheck);
-* no IPython magics (tests execute code cells as plain Python).
+* no IPython magics (tests execute code cells as plain Python);
+* only public names of helpers, shown whole: no private imports or attributes
+  (``_name``), and ``inspect.getsource`` only printed as it is, never sliced
+  (course notebooks and the reference solutions).
 """
+import ast
 import re
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("week*/*.ipynb"))
+SOLUTIONS = sorted((Path(__file__).resolve().parent.parent / "solutions").glob("week*/*.ipynb"))
 IDS = [f"{p.parent.name}/{p.name}" for p in NOTEBOOKS]
 
 
@@ -81,3 +86,42 @@ def test_no_ipython_magics(nb):
     magic = [i for i, c in enumerate(notebook.cells)
              if c.cell_type == "code" and re.search(r"^\s*[%!]", c.source, re.M)]
     assert not magic, f"{path.name}: cells {magic} use IPython magics or shell escapes"
+
+
+def _private_names(source):
+    """Private names a code cell uses, and getsource calls that are not printed whole."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers"):
+            bad += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            bad += [node.module] if any(part.startswith("_") for part in node.module.split(".")) else []
+        elif isinstance(node, ast.Import):
+            bad += [a.name for a in node.names if a.name.startswith("helpers") and "._" in a.name]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.endswith("__"):
+            bad.append(f".{node.attr}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "getsource":
+            parent = parents.get(node)
+            if not (isinstance(parent, ast.Call) and getattr(parent.func, "id", "") == "print"):
+                bad.append("getsource(...) used other than print(inspect.getsource(f))")
+    return bad
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS,
+                         ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}")
+def test_only_public_names_shown_whole(path):
+    notebook = nbformat.read(path, as_version=4)
+    bad = {i: _private_names(c.source) for i, c in enumerate(notebook.cells) if c.cell_type == "code"}
+    bad = {i: names for i, names in bad.items() if names}
+    assert not bad, (f"{path.name}: cells use private names or slice source text {bad}; make the function "
+                     "public (with a docstring) and print it whole")
+
+
+def test_the_private_name_check_can_fail():
+    assert _private_names("from helpers.ais import _anneal") == ["helpers.ais._anneal"]
+    assert _private_names("import helpers.vae\nhelpers.vae._elbo_terms(m, x)") == ["._elbo_terms"]
+    assert _private_names("src = inspect.getsource(f)\nsrc.index('x')")
+    assert _private_names("print(inspect.getsource(f).split('x')[2])")
+    assert not _private_names("print(inspect.getsource(f))\n"
+                              "class A:\n    def __init__(self):\n        super().__init__()")

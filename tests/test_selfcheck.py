@@ -38,8 +38,8 @@ def hastings_kernel(F, p_on=0.8):
     K = torch.zeros(n, n, dtype=DT)
     k = torch.arange(n)
     for i in range(M):
-        l = k ^ (1 << i)
-        K[k, l] = q[k, i] * torch.clamp(torch.exp(F[k] - F[l]) * q[l, i] / q[k, i], max=1)
+        k_y = k ^ (1 << i)
+        K[k, k_y] = q[k, i] * torch.clamp(torch.exp(F[k] - F[k_y]) * q[k_y, i] / q[k, i], max=1)
     K[k, k] = 1 - K.sum(1)
     return K
 

@@ -15,10 +15,25 @@ import torch.nn as nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal, kl_divergence
 
 from helpers.baselines import independent_pixels
-from helpers.vae import (ELBO, ConvDecoder, ConvEncoder, GaussianLikelihood, MLPDecoder, MLPEncoder, VAE,
-                         aggregate_posterior_kl, collapse_checks, conv_vae, elbo, iwae_log_likelihood, kl_normal_std,
-                         latent_health, log_importance_weights, mlp_vae, train_vae)
-
+from helpers.vae import (
+    ELBO,
+    VAE,
+    ConvDecoder,
+    ConvEncoder,
+    GaussianLikelihood,
+    MLPDecoder,
+    MLPEncoder,
+    aggregate_posterior_kl,
+    collapse_checks,
+    conv_vae,
+    elbo,
+    iwae_log_likelihood,
+    kl_normal_std,
+    latent_health,
+    log_importance_weights,
+    mlp_vae,
+    train_vae,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,7 +54,8 @@ def tiny_vae(d=12, hidden=8, latent=3, seed=0, likelihood="bernoulli", dtype=tor
 # ---------------------------------------------------------------------- KL
 def test_kl_matches_torch_distributions():
     g = gen(1)
-    mu, logvar = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(7, 3, generator=g, dtype=torch.float64)
+    mu = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    logvar = torch.randn(7, 3, generator=g, dtype=torch.float64)
     ref = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(-1)
     kl = kl_normal_std(mu, logvar)
     assert kl.shape == (7,)
@@ -64,7 +80,8 @@ def test_kl_sign_zero_and_reduction():
     kl = kl_normal_std(mu, logvar)
     assert (kl > 0).all()
     # only the mean nonzero, or only the variance different from 1: still positive
-    assert (kl_normal_std(mu, zero.new_zeros(50, 5)) > 0).all() and (kl_normal_std(zero.new_zeros(50, 5), logvar) > 0).all()
+    assert (kl_normal_std(mu, zero.new_zeros(50, 5)) > 0).all()
+    assert (kl_normal_std(zero.new_zeros(50, 5), logvar) > 0).all()
     # per sample (not averaged over the batch), summed (not averaged) over latent dimensions
     per_dim = torch.stack([kl_normal_std(mu[:, j:j + 1], logvar[:, j:j + 1]) for j in range(5)], 1)
     assert torch.allclose(kl, per_dim.sum(1), atol=1e-5)
@@ -297,7 +314,7 @@ def test_same_seed_gives_bitwise_identical_training():
                          dynamic_binarization=dynamic)
         return [t.clone() for t in model.state_dict().values()], hist
 
-    (w1, h1), (w2, h2), (w3, h3) = run(0), run(0), run(1)
+    (w1, h1), (w2, h2), (w3, _) = run(0), run(0), run(1)
     assert all(torch.equal(a, b) for a, b in zip(w1, w2))
     assert h1["train_elbo"] == h2["train_elbo"]
     assert not all(torch.equal(a, b) for a, b in zip(w1, w3))

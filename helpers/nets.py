@@ -1,0 +1,193 @@
+"""MNIST encoders and decoders; later generators, discriminators, denoisers.
+
+The networks of every model family live here, not in the family's module: a
+VAE (:mod:`helpers.vae`), and in the coming weeks a GAN's generator and
+discriminator or a diffusion model's denoiser, build on the same layers
+without importing each other. Data flows one way: this module imports only
+torch; the model modules import it.
+
+What is here now (z is the latent code, written ``h`` in the notes):
+
+* :class:`MLPEncoder`: flat images x (batch, 784) -> ``(mu, logvar)``, each
+  (batch, latent_dim); images (batch, 1, 28, 28) are flattened first.
+* :class:`MLPDecoder`: z (batch, latent_dim) -> (batch, 784).
+* :class:`ConvEncoder`: images x (batch, 1, 28, 28) -> ``(mu, logvar)``, each
+  (batch, latent_dim).
+* :class:`ConvDecoder`: z (batch, latent_dim) -> (batch, 1, 28, 28).
+
+Encoders return the mean and the log-variance (natural log) of a diagonal
+Gaussian q(z | x). Decoders return unnormalised parameters, never
+probabilities: logits for a Bernoulli likelihood (apply ``torch.sigmoid`` for
+pixel probabilities) or means for a Gaussian one; the likelihood that reads
+them lives with the model (:class:`helpers.vae.BernoulliLikelihood`).
+Encoders check their input (``check_input``: a float tensor of the right
+shape, no NaN or inf) and say what to change; decoders take any (batch,
+latent_dim) tensor. Parameters are created in a fixed order, so a model built
+after ``torch.manual_seed(s)`` has the same initial weights every time.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+#: MNIST image shape (channels, height, width) expected by the convolutional encoder.
+IMAGE_SHAPE = (1, 28, 28)
+
+
+# ---------------------------------------------------------------------- input checks
+def _check_tensor(x, who: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is a tensor, ``ValueError`` unless it is
+    floating point and finite; ``who`` names the caller in the message."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who} needs a torch.Tensor, got {type(x).__name__} (convert with torch.as_tensor)")
+    if not x.is_floating_point():
+        raise ValueError(f"{who} needs floating-point data, got dtype {x.dtype}; "
+                         "for uint8 images use x.float() / 255 (or helpers.data.load_mnist)")
+    if not torch.isfinite(x).all():
+        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise ValueError(f"{who} got {n_nan} NaN and {n_inf} infinite values; clean the data first")
+
+
+def _shape_error(who: str, expected: str, x: torch.Tensor, hint: str = "") -> ValueError:
+    """The ``ValueError`` for a batch of the wrong shape: expected, got, and an optional hint."""
+    return ValueError(f"{who} expects a batch of shape {expected}, got {tuple(x.shape)}"
+                      + (f"; {hint}" if hint else ""))
+
+
+# ---------------------------------------------------------------------- MLP
+class MLPEncoder(nn.Module):
+    """x (batch, input_dim) -> hidden (ReLU) -> (mu, logvar), each (batch, latent_dim).
+
+    Also accepts images (batch, 1, 28, 28) when ``input_dim`` is 784 (they are flattened).
+
+    Parameters
+    ----------
+    input_dim : int
+        Pixels per image (784 for MNIST).
+    hidden : int
+        Width of the hidden layer.
+    latent_dim : int
+        Size of the latent code; the last layer has ``2 * latent_dim`` outputs,
+        split into ``mu`` and ``logvar`` (natural-log variance).
+    """
+
+    def __init__(self, input_dim: int = 784, hidden: int = 512, latent_dim: int = 2):
+        super().__init__()
+        self.input_dim, self.hidden, self.latent_dim = input_dim, hidden, latent_dim
+        self.net = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+
+    def check_input(self, x):
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor
+        (batch, input_dim), or (batch, ...) with ``input_dim`` values per sample."""
+        _check_tensor(x, type(self).__name__)
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim:
+            raise _shape_error(type(self).__name__, f"(batch, {self.input_dim})", x,
+                               "use x[None] for a single image" if x.dim() == 1 else "")
+
+    def forward(self, x):
+        """``x`` (batch, input_dim) -> ``(mu, logvar)``, each (batch, latent_dim)."""
+        self.check_input(x)
+        mu, logvar = self.net(x.flatten(1)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class MLPDecoder(nn.Module):
+    """z (batch, latent_dim) -> hidden (ReLU) -> output (batch, output_dim).
+
+    The output is the likelihood's parameter: Bernoulli logits or Gaussian means.
+
+    Parameters
+    ----------
+    latent_dim : int
+        Size of the latent code.
+    hidden : int
+        Width of the hidden layer.
+    output_dim : int
+        Pixels per image (784 for MNIST).
+    """
+
+    def __init__(self, latent_dim: int = 2, hidden: int = 512, output_dim: int = 784):
+        super().__init__()
+        self.latent_dim, self.hidden, self.output_dim = latent_dim, hidden, output_dim
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, output_dim))
+
+    def forward(self, z):
+        """``z`` (batch, latent_dim) -> logits (or means) (batch, output_dim)."""
+        return self.net(z)
+
+
+# ---------------------------------------------------------------------- convolutional
+class ConvEncoder(nn.Module):
+    """The classic convolutional encoder for 28 x 28 images (Keras' VAE example).
+
+    (batch, 1, 28, 28) -> conv 32 (3x3, stride 2) -> 14x14 -> conv 64 (3x3,
+    stride 2) -> 7x7 -> flatten -> dense ``hidden`` (16 in Keras' example) ->
+    (mu, logvar), each (batch, latent_dim). ReLU after every hidden layer.
+
+    Convolutions run in the channels-last memory layout, which oneDNN computes
+    about 1.5x faster on CPUs; the mathematics is unchanged.
+
+    Parameters
+    ----------
+    latent_dim : int
+        Size of the latent code.
+    hidden : int
+        Width of the dense layer between the convolutions and ``(mu, logvar)``.
+    """
+
+    def __init__(self, latent_dim: int = 2, hidden: int = 16):
+        super().__init__()
+        self.latent_dim, self.hidden = latent_dim, hidden
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),   # 28 -> 14
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
+        )
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, 2 * latent_dim))
+        self.conv.to(memory_format=torch.channels_last)
+
+    def check_input(self, x):
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor (batch, 1, 28, 28)."""
+        _check_tensor(x, type(self).__name__)
+        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+            hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
+                    if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
+            raise _shape_error(type(self).__name__, "(batch, 1, 28, 28)", x, hint)
+
+    def forward(self, x):
+        """``x`` (batch, 1, 28, 28) -> ``(mu, logvar)``, each (batch, latent_dim)."""
+        self.check_input(x)
+        h = self.conv(x.contiguous(memory_format=torch.channels_last))
+        mu, logvar = self.dense(h.contiguous()).chunk(2, dim=1)
+        return mu, logvar
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: z -> dense 7*7*64 -> transposed conv 64
+    (stride 2) -> 14x14 -> transposed conv 32 (stride 2) -> 28x28 -> transposed
+    conv 1 (3x3, stride 1) -> output (batch, 1, 28, 28), the likelihood's
+    parameter (Bernoulli logits or Gaussian means).
+
+    Parameters
+    ----------
+    latent_dim : int
+        Size of the latent code.
+    """
+
+    def __init__(self, latent_dim: int = 2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.dense = nn.Sequential(nn.Linear(latent_dim, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)))
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 14 -> 28
+            nn.ConvTranspose2d(32, 1, 3, stride=1, padding=1),                                # 28 -> 28
+        )
+        self.deconv.to(memory_format=torch.channels_last)
+
+    def forward(self, z):
+        """``z`` (batch, latent_dim) -> logits (or means) (batch, 1, 28, 28)."""
+        h = self.dense(z).contiguous(memory_format=torch.channels_last)
+        return self.deconv(h).contiguous()

@@ -1,0 +1,183 @@
+"""helpers.nets: shapes, input checks, parameter counts, and the forward passes
+against the same layers written out with torch.nn.functional."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import nets, vae
+from helpers.nets import IMAGE_SHAPE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("latent", [1, 2, 5])
+def test_encoders_return_mu_and_logvar_of_the_latent_size(latent):
+    g = torch.Generator().manual_seed(0)
+    flat, images = torch.rand(3, 784, generator=g), torch.rand(3, *IMAGE_SHAPE, generator=g)
+    for enc, x in [(MLPEncoder(784, 32, latent), flat), (MLPEncoder(784, 32, latent), images),
+                   (ConvEncoder(latent, 8), images)]:
+        out = enc(x)
+        assert isinstance(out, tuple) and len(out) == 2
+        assert out[0].shape == out[1].shape == (3, latent)
+        assert enc.latent_dim == latent
+
+
+def test_mlp_encoder_flattens_images():
+    torch.manual_seed(0)
+    enc, x = MLPEncoder(784, 16, 3), torch.rand(4, *IMAGE_SHAPE)
+    for a, b in zip(enc(x), enc(x.reshape(4, 784))):
+        assert torch.equal(a, b)
+
+
+def test_decoders_return_logits_of_the_image_shape():
+    torch.manual_seed(0)
+    z = torch.randn(5, 3)
+    mlp, conv = MLPDecoder(3, 16, 784), ConvDecoder(3)
+    assert mlp(z).shape == (5, 784)
+    assert conv(z).shape == (5, *IMAGE_SHAPE) and conv(z).is_contiguous()
+    # logits, not probabilities: no sigmoid at the end, so a negative last bias gives negative outputs
+    with torch.no_grad():
+        mlp.net[-1].bias.fill_(-50.0)
+        conv.deconv[-1].bias.fill_(-50.0)
+    assert (mlp(z) < 0).all() and (conv(z) < 0).all()
+
+
+# ---------------------------------------------------------------------- forward passes, written out
+def test_mlp_forward_matches_the_layers_written_out():
+    torch.manual_seed(1)
+    enc, dec = MLPEncoder(784, 20, 3), MLPDecoder(3, 20, 784)
+    x, z = torch.rand(6, 784, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    enc, dec = enc.double(), dec.double()
+    (w1, b1), (w2, b2) = [(m.weight, m.bias) for m in (enc.net[0], enc.net[2])]
+    out = torch.relu(x @ w1.T + b1) @ w2.T + b2
+    mu, logvar = enc(x)
+    torch.testing.assert_close(mu, out[:, :3], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logvar, out[:, 3:], rtol=1e-12, atol=1e-12)
+    (v1, c1), (v2, c2) = [(m.weight, m.bias) for m in (dec.net[0], dec.net[2])]
+    torch.testing.assert_close(dec(z), torch.relu(z @ v1.T + c1) @ v2.T + c2, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_forward_matches_the_layers_written_out():
+    """Contiguous float64 functional ops against the modules' channels-last path."""
+    torch.manual_seed(2)
+    enc, dec = ConvEncoder(4, 10).double(), ConvDecoder(4).double()
+    x, z = torch.rand(3, *IMAGE_SHAPE, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    c1, c2, d1, d2 = enc.conv[0], enc.conv[2], enc.dense[1], enc.dense[3]
+    h = torch.relu(F.conv2d(x, c1.weight.contiguous(), c1.bias, stride=2, padding=1))
+    assert h.shape == (3, 32, 14, 14)
+    h = torch.relu(F.conv2d(h, c2.weight.contiguous(), c2.bias, stride=2, padding=1))
+    assert h.shape == (3, 64, 7, 7)
+    out = torch.relu(h.reshape(3, -1) @ d1.weight.T + d1.bias) @ d2.weight.T + d2.bias
+    mu, logvar = enc(x)
+    torch.testing.assert_close(mu, out[:, :4], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logvar, out[:, 4:], rtol=1e-10, atol=1e-10)
+
+    lin, t1, t2, t3 = dec.dense[0], dec.deconv[0], dec.deconv[2], dec.deconv[4]
+    h = torch.relu(z @ lin.weight.T + lin.bias).reshape(3, 64, 7, 7)
+    h = torch.relu(F.conv_transpose2d(h, t1.weight.contiguous(), t1.bias, stride=2, padding=1, output_padding=1))
+    assert h.shape == (3, 64, 14, 14)
+    h = torch.relu(F.conv_transpose2d(h, t2.weight.contiguous(), t2.bias, stride=2, padding=1, output_padding=1))
+    assert h.shape == (3, 32, 28, 28)
+    h = F.conv_transpose2d(h, t3.weight.contiguous(), t3.bias, stride=1, padding=1)
+    torch.testing.assert_close(dec(z), h, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------- parameter counts
+def test_parameter_counts_match_a_hand_count():
+    # MLP, 784 -> 512 -> 2 * 2 and 2 -> 512 -> 784: weights plus biases of each Linear
+    assert _n_params(MLPEncoder(784, 512, 2)) == (784 * 512 + 512) + (512 * 4 + 4) == 403_972
+    assert _n_params(MLPDecoder(2, 512, 784)) == (2 * 512 + 512) + (512 * 784 + 784) == 403_728
+    # conv, latent 2, hidden 16: a k x k conv from c_in to c_out has c_in * c_out * k * k + c_out parameters
+    enc = (1 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + (64 * 7 * 7 * 16 + 16) + (16 * 4 + 4)
+    dec = (2 * 64 * 7 * 7 + 64 * 7 * 7) + (64 * 64 * 9 + 64) + (64 * 32 * 9 + 32) + (32 * 1 * 9 + 1)
+    assert (enc, dec) == (69_076, 65_089)
+    assert _n_params(ConvEncoder(2, 16)) == enc
+    assert _n_params(ConvDecoder(2)) == dec
+    assert _n_params(vae.conv_vae(latent_dim=2, hidden=16)) == enc + dec
+
+
+# ---------------------------------------------------------------------- input checks
+SHAPE_ERRORS = [
+    (MLPEncoder(), torch.rand(784),
+     "MLPEncoder expects a batch of shape (batch, 784), got (784,); use x[None] for a single image"),
+    (MLPEncoder(), torch.rand(3, 100), "MLPEncoder expects a batch of shape (batch, 784), got (3, 100)"),
+    (MLPEncoder(), torch.rand(2, 3, 28, 28), "MLPEncoder expects a batch of shape (batch, 784), got (2, 3, 28, 28)"),
+    (MLPEncoder(100, 8, 2), torch.rand(3, 784), "MLPEncoder expects a batch of shape (batch, 100), got (3, 784)"),
+    (ConvEncoder(), torch.rand(3, 784),
+     "ConvEncoder expects a batch of shape (batch, 1, 28, 28), got (3, 784); reshape flat images with "
+     "x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"),
+    (ConvEncoder(), torch.rand(3, 100),
+     "ConvEncoder expects a batch of shape (batch, 1, 28, 28), got (3, 100); "
+     "the network is built for 28 x 28 MNIST images"),
+    (ConvEncoder(), torch.rand(3, 28, 28),
+     "ConvEncoder expects a batch of shape (batch, 1, 28, 28), got (3, 28, 28); "
+     "the network is built for 28 x 28 MNIST images"),
+    (ConvEncoder(), torch.rand(1, 1, 32, 32),
+     "ConvEncoder expects a batch of shape (batch, 1, 28, 28), got (1, 1, 32, 32); "
+     "the network is built for 28 x 28 MNIST images"),
+]
+
+
+@pytest.mark.parametrize("enc, x, message", SHAPE_ERRORS)
+def test_wrong_shapes_name_the_expected_shape_and_the_fix(enc, x, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        enc.check_input(x)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        enc(x)  # forward checks too
+
+
+@pytest.mark.parametrize("enc", [MLPEncoder(), ConvEncoder()], ids=["mlp", "conv"])
+def test_wrong_dtypes_and_values_are_named(enc):
+    name = type(enc).__name__
+    x = torch.rand(2, *IMAGE_SHAPE)
+    for bad, dtype in [((x * 255).to(torch.uint8), "torch.uint8"), (x.round().long(), "torch.int64")]:
+        with pytest.raises(ValueError, match=re.escape(f"{name} needs floating-point data, got dtype {dtype}; "
+                                                       "for uint8 images use x.float() / 255")):
+            enc(bad)
+    with pytest.raises(TypeError, match=re.escape(f"{name} needs a torch.Tensor, got ndarray "
+                                                  "(convert with torch.as_tensor)")):
+        enc(x.numpy())
+    bad = x.clone()
+    bad[0, 0, 0, :3] = float("nan")
+    bad[1, 0, 5, 5] = float("-inf")
+    with pytest.raises(ValueError, match=re.escape(f"{name} got 3 NaN and 1 infinite values; clean the data first")):
+        enc(bad)
+
+
+def test_valid_inputs_pass_the_check():
+    for enc, x in [(MLPEncoder(), torch.rand(2, 784)), (MLPEncoder(), torch.rand(2, *IMAGE_SHAPE)),
+                   (ConvEncoder(), torch.rand(2, *IMAGE_SHAPE)),
+                   (ConvEncoder(), torch.rand(2, *IMAGE_SHAPE, dtype=torch.float64))]:
+        assert enc.check_input(x) is None
+
+
+# ---------------------------------------------------------------------- module boundaries
+def test_seeded_construction_is_deterministic():
+    def build():
+        torch.manual_seed(7)
+        return [ConvEncoder(3, 12), ConvDecoder(3), MLPEncoder(784, 8, 3), MLPDecoder(3, 8, 784)]
+    for a, b in zip(build(), build()):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_vae_reexports_the_same_objects():
+    for name in ("IMAGE_SHAPE", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "_check_tensor"):
+        assert getattr(vae, name) is getattr(nets, name), name
+
+
+def test_nets_does_not_import_the_model_modules():
+    code = "import sys, helpers.nets; print(sorted(m for m in sys.modules if m.startswith('helpers')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "['helpers', 'helpers.nets']"
