@@ -34,6 +34,7 @@ import torch
 from . import checkpoint as checkpoint_io
 from ._linear import linear_for
 from ._numerics import bernoulli as _bernoulli, softplus as _softplus
+from ._validate import check_count
 from .config import threads_for
 from .rbm import BernoulliRBM, base_rate_visible_bias
 
@@ -82,8 +83,7 @@ def _betas(n_betas, betas):
         if isinstance(n_betas, torch.Tensor):  # n_betas=<tensor> reads as betas=<tensor>
             betas = n_betas
         else:
-            if not isinstance(n_betas, int) or isinstance(n_betas, bool) or n_betas < 2:
-                raise ValueError(f"n_betas must be an int >= 2 (beta = 0 and beta = 1 at least), got {n_betas!r}")
+            n_betas = check_count("n_betas", n_betas, 2)
             return torch.linspace(0.0, 1.0, n_betas, dtype=torch.float64)
     if not isinstance(betas, torch.Tensor) or betas.dim() != 1 or betas.numel() < 2:
         raise ValueError("betas must be a 1-D tensor with at least 2 inverse temperatures, from 0 to 1")
@@ -143,8 +143,7 @@ def ais_log_partition(rbm: BernoulliRBM, n_runs: int = 100, n_betas: int | None 
     """
     if not isinstance(rbm, BernoulliRBM):
         raise TypeError(f"rbm must be a BernoulliRBM, got {type(rbm).__name__}")
-    if not isinstance(n_runs, int) or isinstance(n_runs, bool) or n_runs < 1:
-        raise ValueError(f"n_runs must be an int >= 1, got {n_runs!r}")
+    n_runs = check_count("n_runs", n_runs)
     schedule = _betas(n_betas, betas)
     if base_visible_bias is not None and data is not None:
         raise ValueError("give base_visible_bias or data (to fit it), not both")

@@ -259,8 +259,9 @@ def seed_everything(seed: int = 0):
     import numpy as np
     import torch
 
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    from ._validate import check_count
+
+    seed = check_count("seed", seed, 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -32,14 +32,13 @@ Log-probabilities are in nats.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
-from ._validate import check_count as _check_count, check_generator as _check_generator
+from ._validate import check_count as _check_count, check_generator as _check_generator, check_real
 
 __all__ = [
     "MHResult", "metropolis_hastings", "gaussian_proposal", "flip_one_bit_proposal",
@@ -387,10 +386,7 @@ def grad_log_prob(log_prob: Callable, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_step_size(step_size):
-    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) \
-            or not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step_size must be a positive finite number (units of x squared), got {step_size!r}")
-    return float(step_size)
+    return check_real("step_size (units of x squared)", step_size, 0, low_ok=False)
 
 
 def _start_langevin(log_prob, x, at):
@@ -819,8 +815,10 @@ def autocorrelation(series, max_lag: int | None = None) -> np.ndarray:
     n = x.shape[0]
     if max_lag is None:
         max_lag = n - 1
-    elif isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or not 0 <= max_lag < n:
-        raise ValueError(f"max_lag must be an int in [0, n_steps - 1] = [0, {n - 1}], got {max_lag!r}")
+    else:
+        max_lag = _check_count("max_lag", max_lag, 0)
+        if max_lag >= n:
+            raise ValueError(f"max_lag must be an int in [0, n_steps - 1] = [0, {n - 1}], got {max_lag!r}")
     x = x - x.mean(axis=0)
     size = 1 << (2 * n - 1).bit_length()  # zero-padding to >= 2n avoids circular wrap-around
     f = np.fft.rfft(x, n=size, axis=0)

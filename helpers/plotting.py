@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ._validate import check_count
+
 
 # ---------------------------------------------------------------------- helpers
 def as_images(images) -> np.ndarray:
@@ -135,8 +137,7 @@ def latent_grid(n: int = 30, scale: float = 2.0, grid: str = "linear"):
     z : Tensor (n*n, 2), row-major as drawn: row r (top to bottom) has z_2 =
         values[n-1-r], column c has z_1 = values[c].
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    n = check_count("n", n)
     if grid == "linear":
         i = torch.arange(n, dtype=torch.float64)
         values = (scale * (2 * i - (n - 1)) / max(n - 1, 1)).float()  # symmetric: the middle value is exactly 0

@@ -33,6 +33,7 @@ from ._linear import linear_for
 from ._numerics import bernoulli as _bernoulli, softplus as _softplus
 from ._validate import check_choice, check_count as _check_int, check_real
 from .config import threads_for
+from .ebm import contrastive_loss
 from .train import History, build_settings, fit
 
 #: The exact functions enumerate 2**k states of the smaller layer (k units);
@@ -91,9 +92,7 @@ class BernoulliRBM:
     """
 
     def __init__(self, n_visible: int, n_hidden: int, seed: int | None = None, dtype=torch.float32, device=None):
-        for name, n in (("n_visible", n_visible), ("n_hidden", n_hidden)):
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        n_visible, n_hidden = _check_int("n_visible", n_visible), _check_int("n_hidden", n_hidden)
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.n_visible, self.n_hidden = n_visible, n_hidden
@@ -425,7 +424,8 @@ def cd_gradient(rbm, x, k: int = 1, generator: torch.Generator | None = None, ch
 
 
 def cd_loss(params, x, x_neg):
-    """Contrastive-divergence surrogate loss ``mean F(x) - mean F(x_neg.detach())`` in nats.
+    """Contrastive-divergence surrogate loss ``mean F(x) - mean F(x_neg.detach())`` in nats:
+    :func:`helpers.ebm.contrastive_loss` with the free energy as the energy.
 
     Its autograd gradient with respect to ``W``, ``a``, ``b`` is exactly minus
     the CD gradient of :func:`cd_gradient` for the same ``x_neg`` (so an
@@ -467,7 +467,7 @@ def cd_loss(params, x, x_neg):
         v = v.to(W.dtype)
         return -(v @ a) - _softplus(v @ W + b).sum(1)
 
-    return free_energy(x).mean() - free_energy(x_neg.detach()).mean()
+    return contrastive_loss(free_energy, x, x_neg)     # the general loss of energy-based models, E = F here
 
 
 def base_rate_visible_bias(x, eps: float = 0.01, dtype=None):
@@ -809,8 +809,7 @@ def train_rbm(rbm, x_train, x_valid=None, *, chains=None, seed: int | None = 0,
     s = build_settings(RBMSettings, settings)
     x_train, x_valid = _training_data(rbm, x_train, x_valid)
     if generator is None:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int (or pass generator=...), got {seed!r}")
+        seed = _check_int("seed", seed, 0)
         generator = torch.Generator(device=rbm.device).manual_seed(seed)
     gen = generator
     M, N = rbm.n_visible, rbm.n_hidden

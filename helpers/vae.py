@@ -348,9 +348,7 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
     -------
     Tensor (n,): the estimate for each image of ``x``.
     """
-    for name, v in (("k", k), ("batch_k", batch_k), ("batch_size", batch_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    k, batch_k, batch_size = check_count("k", k), check_count("batch_k", batch_k), check_count("batch_size", batch_size)
     model.check_input(x)
     if checkpoint is not None:
         fingerprint = checkpoint_io.module_fingerprint(model, x=x, k=k, generator=generator)

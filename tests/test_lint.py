@@ -20,3 +20,13 @@ def test_ruff_finds_nothing():
 def test_complexity_limit_is_configured():
     text = (ROOT / "pyproject.toml").read_text()
     assert "max-complexity = 12" in text and '"C90"' in text
+
+
+def test_integer_arguments_are_checked_in_one_place():
+    # helpers._validate.check_count is the one integer check (it accepts numpy integers, rejects bools)
+    import re
+
+    pattern = re.compile(r"isinstance\(\w+, int\)|isinstance\(\w+, \(int, np\.integer\)\)")
+    hits = [f"{p.name}:{i}" for p in sorted((ROOT / "helpers").glob("*.py")) if p.name != "_validate.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, f"integer checks re-coded outside helpers/_validate.py (use check_count): {hits}"

@@ -193,8 +193,16 @@ def test_bad_hidden_input_and_parameters():
         rbm.W = torch.zeros(2, 3)
     with pytest.raises(TypeError, match="float64"):
         rbm.a = torch.zeros(3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="must be an int >= 1"):
         BernoulliRBM(0, 3)
     # integer and boolean 0/1 data are accepted (the values are exact)
     assert rbm.free_energy(torch.tensor([[1, 0, 1]])).shape == (1,)
     assert rbm.free_energy(torch.tensor([[True, False, True]])).shape == (1,)
+
+
+def test_numpy_integers_are_accepted_as_sizes():
+    # one integer check everywhere (helpers._validate.check_count): numpy integers are ints
+    import numpy as np
+
+    rbm = BernoulliRBM(np.int64(6), np.int32(4), seed=0)
+    assert (rbm.n_visible, rbm.n_hidden) == (6, 4) and type(rbm.n_visible) is int

@@ -177,7 +177,7 @@ def test_iwae_chunking_does_not_change_the_estimate():
     assert one.shape == (10,)
     assert torch.allclose(one, chunked, atol=1e-5)
     assert not torch.allclose(one, other, atol=1e-3)  # the noise matters, so the check above has teeth
-    with pytest.raises(ValueError, match="k must be a positive int"):
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
         iwae_log_likelihood(model, x, 0)
 
 
