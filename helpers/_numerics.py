@@ -23,4 +23,5 @@ def bernoulli(p, generator):
     fast training loop of ``helpers.rbm.train_rbm`` consumes (so the two can be
     compared draw for draw).
     """
-    return (torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device) < p).to(p.dtype)
+    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+    return torch.lt(u, p, out=u)            # 1.0 / 0.0 written over the uniforms: no second tensor

@@ -201,6 +201,7 @@ def anneal(rbm: BernoulliRBM, base_visible_bias: torch.Tensor, betas: torch.Tens
         b64 = rbm.b.detach().to(torch.float64)
         x = _bernoulli(torch.sigmoid(a_base).expand(n_runs, -1), generator)   # x_1 ~ p_0
         log_w = torch.zeros(n_runs, dtype=torch.float64, device=dev)
+        workspace = {}
         beta_list = betas.tolist()
         K = len(beta_list) - 1
         for step in tqdm(range(1, K + 1), desc="AIS", unit="beta", disable=not progress, mininterval=0.5):
@@ -210,7 +211,7 @@ def anneal(rbm: BernoulliRBM, base_visible_bias: torch.Tensor, betas: torch.Tens
             # log p*_k(x) - log p*_{k-1}(x) at the current x
             log_w += (beta - prev) * ext[:, N] + (_softplus(beta * pre) - _softplus(prev * pre)).sum(1)
             if step < K:  # a transition that leaves p_k invariant
-                x = rbm.gibbs_sweep(x, generator, beta=beta, base_visible_bias=a_base, pre=pre)
+                x = rbm.gibbs_sweep(x, generator, beta=beta, base_visible_bias=a_base, pre=pre, workspace=workspace)
     return log_w.cpu()
 
 

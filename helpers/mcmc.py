@@ -681,8 +681,9 @@ def gibbs_sample(rbm, x0: torch.Tensor, n_sweeps: int, generator: torch.Generato
     kept = None if keep_every is None else torch.empty((n_sweeps // keep_every,) + tuple(x.shape), dtype=x.dtype,
                                                         device=x.device)
     with torch.no_grad():
+        workspace = {}
         for sweep in range(1, n_sweeps + 1):
-            x = rbm.gibbs_sweep(x, generator)      # the RBM's own sweep (helpers.rbm.BernoulliRBM.gibbs_sweep)
+            x = rbm.gibbs_sweep(x, generator, workspace=workspace)   # the RBM's own sweep
             if kept is not None and sweep % keep_every == 0:
                 kept[sweep // keep_every - 1] = x
     return x if kept is None else kept
@@ -730,6 +731,7 @@ class PersistentChains:
                              "pass one initial state per chain")
         self.x = x.clone()
         self.n_sweeps_done = 0
+        self._workspace = {}   # buffers of the uniform draws, reused across calls
 
     def step(self, n_sweeps: int = 1) -> torch.Tensor:
         """Advance every chain by ``n_sweeps`` Gibbs sweeps (>= 1) and return the
@@ -737,7 +739,7 @@ class PersistentChains:
         n_sweeps = _check_count("n_sweeps", n_sweeps)
         with torch.no_grad():
             for _ in range(n_sweeps):
-                self.x = self.rbm.gibbs_sweep(self.x, self.generator)
+                self.x = self.rbm.gibbs_sweep(self.x, self.generator, workspace=self._workspace)
         self.n_sweeps_done += n_sweeps
         return self.x
 

@@ -23,6 +23,7 @@ so the same seed gives bitwise identical results on the CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as checkpoint_io
-from ._validate import check_count, check_real
+from ._validate import check_choice, check_count, check_real
 
 # the networks, also importable from here (`as`: an explicit re-export)
 from .nets import IMAGE_SHAPE as IMAGE_SHAPE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, _check_tensor
@@ -264,10 +265,15 @@ def elbo_terms(model: VAE, x, generator=None):
     kl = KL(q(z | x) || p(z)) in closed form (summed over latent dimensions). No input checks
     (see :func:`elbo`); gradients flow to encoder and decoder.
     """
-    mu, logvar = model.encoder(x)
+    mu, logvar = (_full(t) for t in model.encoder(x))       # float32 even under bfloat16 autocast
     z = model.reparameterize(mu, logvar, generator)
-    rec = model.likelihood.log_prob(x, model.decoder(z))
+    rec = model.likelihood.log_prob(x, _full(model.decoder(z)))
     return rec, kl_normal_std(mu, logvar)
+
+
+def _full(t):
+    """``t`` in float32 if autocast left it in a 16-bit type, else unchanged (a no-op in float32/float64)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def elbo(model: VAE, x, generator: torch.Generator | None = None, *, reduction: str = "mean") -> ELBO:
@@ -541,6 +547,7 @@ class VAESettings:
     dynamic_binarization: bool = False
     beta: float = 1.0
     kl_warmup: int = 0
+    precision: str = "float32"
 
     def __post_init__(self):
         check_count("n_epochs", self.n_epochs)
@@ -549,6 +556,7 @@ class VAESettings:
         check_real("lr", self.lr, 0, low_ok=False)
         check_real("beta", self.beta, 0)
         check_count("kl_warmup", self.kl_warmup, 0)
+        check_choice("precision", self.precision, ("float32", "bfloat16"))
         if not isinstance(self.dynamic_binarization, bool):
             raise ValueError(f"dynamic_binarization must be True or False, got {self.dynamic_binarization!r}")
 
@@ -572,15 +580,19 @@ def _evaluate(model, x, seed, batch_size=1000):
     return rec / len(x), kl / len(x)
 
 
-def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=None, kl_weight: float = 1.0) -> dict:
+def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=None, kl_weight: float = 1.0,
+                  precision: str = "float32") -> dict:
     """One gradient step on the VAE loss ``kl_weight * KL - reconstruction`` (batch means, nats).
 
     ``x`` (batch, ...) is one minibatch; ``kl_weight = 1`` is the ELBO. Returns the batch means
     ``train_elbo``, ``reconstruction`` and ``kl`` (nats per image, before the step); raises
     ``FloatingPointError`` for a non-finite loss or gradient, before the weights change.
+    ``precision="bfloat16"`` runs the networks under bfloat16 autocast (weights, loss and
+    optimiser stay float32).
     """
     model.train()
-    rec, kl = elbo_terms(model, x, generator)
+    with _autocast(x, precision):
+        rec, kl = elbo_terms(model, x, generator)
     loss = kl_weight * kl.mean() - rec.mean()
     if not torch.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss.item()}")
@@ -592,6 +604,13 @@ def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=Non
     optimizer.step()
     rec, kl = rec.detach().mean().item(), kl.detach().mean().item()
     return {"train_elbo": rec - kl, "reconstruction": rec, "kl": kl}
+
+
+def _autocast(x, precision):
+    """bfloat16 autocast on ``x``'s device for ``precision="bfloat16"``, else nothing."""
+    if precision == "bfloat16":
+        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _prepare_data(model, x_train, x_test, settings):
@@ -650,6 +669,13 @@ def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkp
         steps the KL weight rises linearly from 0 to ``beta``, so that the encoder learns to
         carry information before the KL term pulls the posterior towards the prior. 0 (default)
         trains on the ELBO from the first step.
+    precision : {"float32", "bfloat16"}
+        Opt-in mixed precision: ``"bfloat16"`` runs the networks' forward and backward passes
+        under ``torch.autocast`` in bfloat16 (convolutional inputs channels-last), while the
+        weights, the optimiser, the loss terms and every reported number (the test ELBO of the
+        history, everything evaluated afterwards) stay float32. Fast where the CPU has bfloat16
+        matrix instructions (AVX512-BF16, AMX) or on a GPU; elsewhere it may be slower.
+        ``bench/bench_loop.py --precision`` measures both.
     progress : bool
         Show a tqdm progress bar (one tick per batch).
     checkpoint : path, optional
@@ -686,6 +712,9 @@ def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkp
     x_train, x_test = _prepare_data(model, x_train, x_test, settings)
     x_train = x_train.to(device)
     x_test = None if x_test is None else x_test.to(device)
+    if settings.precision == "bfloat16" and x_train.dim() == 4:   # convolutions run faster channels-last
+        model.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
 
     s = settings
     gen = torch.Generator(device=device).manual_seed(s.seed)
@@ -699,7 +728,7 @@ def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkp
             xb = torch.bernoulli(xb, generator=gen)
         weight = s.beta if steps_done >= s.kl_warmup else s.beta * steps_done / s.kl_warmup
         steps_done += 1
-        return training_step(model, opt, xb, gen, kl_weight=weight)
+        return training_step(model, opt, xb, gen, kl_weight=weight, precision=s.precision)
 
     def evaluate(epoch):
         if x_test is None:
