@@ -120,7 +120,7 @@ def rbm_run(x_train, x_valid, epochs, args):
     rbm = BernoulliRBM(784, 200, seed=args.seed)
     rbm.a = base_rate_visible_bias(x_train)
     settings = dict(method="pcd", k=1, momentum=0.5, weight_decay=1e-4, batch_size=100, n_chains=100,
-                    num_threads=args.threads, progress=False)
+                    progress=False)   # threads: --threads sets torch's count; the helpers' policy does the rest
     t0 = time.perf_counter()
     stage1 = train_rbm(rbm, x_train, x_valid, lr=0.02, n_epochs=epochs[0], seed=args.seed, **settings)
     stage2 = train_rbm(rbm, x_train, x_valid, lr=0.002, n_epochs=epochs[1], seed=args.seed + 1, chains=stage1.chains,
@@ -137,7 +137,7 @@ def rbm_eval(rbm, x_train, x_test, args):
     for n_betas in (args.check_betas, args.n_betas):
         t0 = time.perf_counter()
         ais = ais_log_partition(rbm, n_runs=100, n_betas=n_betas, data=x_train, progress=False,
-                                generator=torch.Generator().manual_seed(args.seed + 3), num_threads=args.threads)
+                                generator=torch.Generator().manual_seed(args.seed + 3))
         ll = log_likelihood(rbm, x_test, ais)
         print(f"    {n_betas:6d} betas: log Z = {ais.log_z:9.3f} +- {ais.stderr:.3f} (ESS {ais.ess:5.1f} of 100), "
               f"test log-likelihood {ll.mean:8.2f} nats per image ({time.perf_counter() - t0:.1f} s)")
