@@ -20,11 +20,15 @@ Samplers (every random thing takes a ``torch.Generator``):
   mixes slowly near T_CRITICAL (critical slowing down).
 * :func:`wolff_updates`: Wolff cluster updates, which mix fast near T_CRITICAL.
 
-Per-spin observables (:func:`energy_per_spin`, :func:`abs_magnetization`) and
-fluctuation formulas (:func:`specific_heat`, :func:`susceptibility`), exact
-results by enumeration for L <= 4 (:func:`exact_observables`), Onsager's
-infinite-lattice results (:func:`onsager_energy`, :func:`onsager_magnetization`),
-and a seeded, cached data set generator (:func:`ising_dataset`).
+Per-spin observables (:func:`energy_per_spin`, :func:`abs_magnetization`),
+fluctuation formulas (:func:`specific_heat`, :func:`susceptibility`), the
+spin-spin correlation (:func:`spin_correlation`) and all of them with error
+bars for samples from any source, Monte Carlo or a generative model
+(:func:`sample_observables`); exact results by enumeration for L <= 4
+(:func:`exact_observables`; :func:`all_lattices`, :func:`exact_log_prob` and
+i.i.d. samples :func:`exact_samples`), Onsager's infinite-lattice results
+(:func:`onsager_energy`, :func:`onsager_magnetization`), and a seeded, cached
+data set generator (:func:`ising_dataset`).
 """
 from __future__ import annotations
 
@@ -40,13 +44,14 @@ import numpy as np
 import torch
 
 from . import checkpoint as checkpoint_io
-from ._validate import check_count as _check_count, check_generator as _check_generator
+from ._validate import check_count as _check_count, check_generator as _check_generator, check_real as _check_real
 
 __all__ = [
     "T_CRITICAL", "random_spins", "metropolis_sweeps", "wolff_updates",
     "energy_per_spin", "magnetization", "abs_magnetization", "specific_heat", "susceptibility",
     "exact_observables", "MAX_EXACT_L", "elliptic_k", "onsager_energy", "onsager_magnetization",
     "IsingSamples", "ising_dataset", "default_cache_dir",
+    "spin_correlation", "sample_observables", "all_lattices", "exact_log_prob", "exact_samples",
 ]
 
 #: Onsager's critical temperature 2 / ln(1 + sqrt 2) = 2.26918531... (units of J / k_B).
@@ -376,6 +381,121 @@ def susceptibility(spins, T) -> torch.Tensor:
     return n * ((m**2).mean(dim=-1) - m.abs().mean(dim=-1) ** 2) / t
 
 
+def spin_correlation(spins, r_max: int | None = None) -> torch.Tensor:
+    """Spin-spin correlation G(r) = <s_i s_{i+r}> of each lattice, for r = 0 ... r_max lattice spacings.
+
+    Averaged over the N = L^2 sites i and over both lattice axes (``i + r`` is
+    the site r steps to the right or r steps down, periodic), lattice by lattice:
+
+        G(r) = 1/(2N) sum_i s_i (s_{i + r x} + s_{i + r y}).
+
+    For +-1 spins G(0) = 1 and the nearest-neighbour value is the energy,
+    e = -2 G(1) (:func:`energy_per_spin`; every site owns two bonds). On the
+    periodic lattice G(r) = G(L - r), hence ``r_max <= L // 2``. Like
+    :func:`energy_per_spin` it takes any real values, e.g. a generative model's
+    conditional means <s_i | z>: for conditionally independent spins G(r >= 1)
+    is then <s_i s_{i+r} | z>, while G(0) is the mean square, not 1.
+    Average over a sample with ``.mean(0)``; error bars: :func:`sample_observables`.
+
+    Parameters
+    ----------
+    spins : Tensor, shape (..., L, L)
+    r_max : int, optional
+        Largest distance, ``0 <= r_max <= L // 2`` (default ``L // 2``).
+
+    Returns
+    -------
+    Tensor, shape (..., r_max + 1), float64.
+    """
+    s = _check_any_lattices(spins)
+    L = s.shape[-1]
+    r_max = L // 2 if r_max is None else _check_count("r_max", r_max, 0)
+    if r_max > L // 2:
+        raise ValueError(f"r_max must be at most L // 2 = {L // 2} on the periodic {L} x {L} lattice "
+                         f"(G(r) = G(L - r) repeats beyond it), got {r_max}")
+    return torch.stack([(s * (s.roll(-r, -1) + s.roll(-r, -2))).mean((-1, -2)) / 2 for r in range(r_max + 1)], -1)
+
+
+def _check_samples(spins):
+    """+-1 samples as float64 of shape (groups, per_group, L, L), from (n, L, L) or (groups, per_group, L, L)."""
+    if not isinstance(spins, torch.Tensor):
+        raise TypeError(f"spins must be a torch.Tensor of shape (n_samples, L, L) or (n_groups, n_per_group, L, L), "
+                        f"got {type(spins).__name__}")
+    if spins.dim() not in (3, 4) or spins.shape[-1] != spins.shape[-2] or spins.shape[-1] < 2:
+        raise ValueError(f"spins must have shape (n_samples, L, L) (independent samples) or (n_groups, "
+                         f"n_per_group, L, L) (independent groups, e.g. chains) with L >= 2, got {tuple(spins.shape)}")
+    s = spins[:, None] if spins.dim() == 3 else spins
+    if s.shape[0] < 2 or s.shape[1] < 1:
+        raise ValueError(f"need at least 2 independent samples or groups for an error bar, got shape "
+                         f"{tuple(spins.shape)}")
+    bad = (s != 1) & (s != -1)
+    if bad.any():
+        raise ValueError(f"spins must be +1 or -1, but {int(bad.sum())} entries are not, e.g. "
+                         f"{s[bad].flatten()[0].item()!r}; map 0/1 data with 2 * x - 1")
+    return s.to(torch.float64)
+
+
+def sample_observables(spins, T, *, r_max: int | None = None, n_boot: int = 200, seed: int = 0) -> dict:
+    """Energy, |m|, specific heat, susceptibility and G(r) of samples, each with a bootstrap error bar.
+
+    The samples may come from anywhere (Monte Carlo, an RBM, a VAE); only their
+    independence structure matters for the error bars. Independent samples are
+    passed as (n_samples, L, L); correlated ones as (n_groups, n_per_group, L, L)
+    with independent groups (e.g. one group per Markov chain, its consecutive
+    states correlated). The error is the standard deviation over ``n_boot``
+    bootstrap resamples of whole groups (single samples for a 3-D input), so
+    correlations within a group are accounted for. Definitions (per spin, N = L^2):
+
+    * ``energy``: <e> (:func:`energy_per_spin`), units of J;
+    * ``abs_magnetization``: <|m|>;
+    * ``specific_heat``: N (<e^2> - <e>^2) / T^2 (:func:`specific_heat`);
+    * ``susceptibility``: N (<m^2> - <|m|>^2) / T (:func:`susceptibility`);
+    * ``correlation``: G(r), r = 0 ... r_max (:func:`spin_correlation`).
+
+    The values equal those functions applied to all samples pooled; the keys are
+    those of :func:`exact_observables`, for direct comparison.
+
+    Parameters
+    ----------
+    spins : Tensor, shape (n_samples, L, L) or (n_groups, n_per_group, L, L)
+        +-1 values (any dtype); at least 2 samples or groups.
+    T : float
+        Temperature of the samples (units of J/k_B, > 0), used by C and chi.
+    r_max : int, optional
+        Largest distance of G(r) (default L // 2).
+    n_boot : int
+        Bootstrap resamples, >= 2.
+    seed : int
+        Seed of the resampling (a ``torch.Generator``), >= 0.
+
+    Returns
+    -------
+    dict
+        ``energy``, ``abs_magnetization``, ``specific_heat``, ``susceptibility``:
+        (value, error) as floats; ``correlation``: (values, errors), float64
+        tensors of shape (r_max + 1,).
+    """
+    s = _check_samples(spins)
+    T = _check_real("T", T, 0.0, low_ok=False)
+    n_boot, seed = _check_count("n_boot", n_boot, 2), _check_count("seed", seed, 0)
+    n_spins = s.shape[-1] * s.shape[-2]
+    e, m = energy_per_spin(s), magnetization(s)                         # (groups, per_group)
+    parts = torch.stack([e.mean(1), (e**2).mean(1), m.abs().mean(1), (m**2).mean(1)], 1)   # (groups, 4)
+    corr = spin_correlation(s, r_max).mean(1)                           # (groups, r_max + 1)
+
+    def combine(p, g):  # p (..., 4) and g (..., r_max + 1): means over groups -> observables
+        e1, e2, a1, m2 = p.unbind(-1)
+        return {"energy": e1, "abs_magnetization": a1, "specific_heat": n_spins * (e2 - e1**2) / T**2,
+                "susceptibility": n_spins * (m2 - a1**2) / T, "correlation": g}
+
+    n_groups = s.shape[0]
+    idx = torch.randint(n_groups, (n_boot, n_groups), generator=torch.Generator().manual_seed(seed))
+    best, boot = combine(parts.mean(0), corr.mean(0)), combine(parts[idx].mean(1), corr[idx].mean(1))
+    out = {k: (best[k].item(), boot[k].std().item()) for k in best if k != "correlation"}
+    out["correlation"] = (best["correlation"], boot["correlation"].std(0))
+    return out
+
+
 # ============================================================================ exact (L <= 4)
 @functools.lru_cache(maxsize=4)
 def _density_of_states(L):
@@ -437,6 +557,94 @@ def exact_observables(L: int, T) -> dict:
     if t.ndim == 0:
         out = {k: float(v) for k, v in out.items()}
     return out
+
+
+def _check_exact_L(L):
+    L = _check_count("L", L, 2)
+    if L > MAX_EXACT_L:
+        raise ValueError(f"exact enumeration of an L x L lattice visits 2**(L*L) states; L = {L} would be "
+                         f"2**{L * L} = {2**(L * L):.2e}. Use L <= {MAX_EXACT_L}, or sample larger lattices "
+                         "(metropolis_sweeps, wolff_updates)")
+    return L
+
+
+@functools.lru_cache(maxsize=4)
+def _lattices_and_energies(L):
+    """All 2**(L*L) lattices (int8, bit i of the row index is site i, row-major) and their energies E (float64)."""
+    n = L * L
+    bits = (torch.arange(2**n)[:, None] >> torch.arange(n)) & 1
+    s = (2 * bits - 1).to(torch.int8).reshape(-1, L, L)
+    return s, n * energy_per_spin(s)
+
+
+def all_lattices(L: int) -> torch.Tensor:
+    """Every configuration of the periodic L x L lattice once, for L <= :data:`MAX_EXACT_L`.
+
+    Row ``k`` holds the bits of the integer ``k``: site ``i`` (row-major) is +1
+    where bit ``i`` is 1, else -1, the order of ``helpers.rbm.binary_states(L*L)``
+    mapped by s = 2x - 1.
+
+    Returns
+    -------
+    Tensor, shape (2**(L*L), L, L), int8 (65,536 lattices for L = 4).
+    """
+    return _lattices_and_energies(_check_exact_L(L))[0].clone()
+
+
+def exact_log_prob(spins, T) -> torch.Tensor:
+    """Exact log p(s) = -E(s)/T - log Z of given configurations, in nats per lattice (L <= 4).
+
+    log Z is the exact partition function of :func:`exact_observables` (by
+    enumeration of all 2**(L*L) states), so ``exact_log_prob(all_lattices(L), T)``
+    exponentiates and sums to 1.
+
+    Parameters
+    ----------
+    spins : Tensor, shape (..., L, L)
+        +-1 lattices, 2 <= L <= :data:`MAX_EXACT_L`.
+    T : float
+        Temperature, > 0 (units of J/k_B).
+
+    Returns
+    -------
+    Tensor, shape (...), float64.
+    """
+    s = _check_any_lattices(spins)
+    bad = (s != 1) & (s != -1)
+    if bad.any():
+        raise ValueError(f"spins must be +1 or -1, but {int(bad.sum())} entries are not, e.g. "
+                         f"{s[bad].flatten()[0].item()!r}; map 0/1 data with 2 * x - 1")
+    L = _check_exact_L(s.shape[-1])
+    T = _check_real("T", T, 0.0, low_ok=False)
+    return -L * L * energy_per_spin(s) / T - exact_observables(L, T)["log_z"]
+
+
+def exact_samples(L: int, T, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Independent samples of the exact Boltzmann distribution of the L x L lattice (L <= 4).
+
+    Draws ``n_samples`` lattices with replacement from all 2**(L*L) states with
+    probabilities exp(-E/T) / Z (``torch.multinomial``): exact and independent,
+    no Markov chain, no burn-in, no autocorrelation.
+
+    Parameters
+    ----------
+    L : int
+        2 <= L <= :data:`MAX_EXACT_L`.
+    T : float
+        Temperature, > 0 (units of J/k_B).
+    n_samples : int
+        >= 1.
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    Tensor, shape (n_samples, L, L), int8, values +-1.
+    """
+    lattices, energy = _lattices_and_energies(_check_exact_L(L))
+    T = _check_real("T", T, 0.0, low_ok=False)
+    n_samples = _check_count("n_samples", n_samples)
+    p = torch.softmax(-energy / T, 0)
+    return lattices[torch.multinomial(p, n_samples, replacement=True, generator=_check_generator(generator))]
 
 
 # ============================================================================ Onsager

@@ -14,6 +14,11 @@ What is here now (z is the latent code, written ``h`` in the notes):
 * :class:`ConvEncoder`: images x (batch, 1, 28, 28) -> ``(mu, logvar)``, each
   (batch, latent_dim).
 * :class:`ConvDecoder`: z (batch, latent_dim) -> (batch, 1, 28, 28).
+* :class:`LinearEncoder` and :class:`LinearDecoder`: the linear-Gaussian VAE
+  (mu = x A^T + c with a learned, input-independent logvar; z -> z W^T + b),
+  whose optimum is probabilistic PCA (:mod:`helpers.ppca`). For lattices (the
+  Ising model) use these or the MLP networks with ``input_dim = L * L``; an
+  (batch, L, L) batch is flattened row by row.
 
 Encoders return the mean and the log-variance (natural log) of a diagonal
 Gaussian q(z | x). Decoders return unnormalised parameters, never
@@ -191,3 +196,87 @@ class ConvDecoder(nn.Module):
         """``z`` (batch, latent_dim) -> logits (or means) (batch, 1, 28, 28)."""
         h = self.dense(z).contiguous(memory_format=torch.channels_last)
         return self.deconv(h).contiguous()
+
+
+# ---------------------------------------------------------------------- linear (the linear-Gaussian VAE)
+class LinearEncoder(nn.Module):
+    """x (batch, input_dim) -> (mu, logvar): mu = x A^T + c, logvar a learned vector, the same for every x.
+
+    With :class:`LinearDecoder` and a Gaussian likelihood of learned variance this is the
+    linear-Gaussian VAE, whose exact posterior N(M^{-1} W^T (x - mu), sigma^2 M^{-1}) has a
+    covariance that does not depend on x (:func:`helpers.ppca.ppca_posterior`): a linear mean
+    and a constant diagonal variance can represent it whenever W^T W is diagonal, which is
+    where gradient ascent on the ELBO goes (Lucas et al. 2019). Any (batch, ...) input with
+    ``input_dim`` values per sample is flattened (lattices (batch, L, L) row by row).
+
+    Parameters
+    ----------
+    input_dim : int
+        Values per sample (L * L for a lattice).
+    latent_dim : int
+        Size of the latent code.
+
+    Attributes
+    ----------
+    linear : nn.Linear
+        ``weight`` A (latent_dim, input_dim), ``bias`` c (latent_dim,).
+    logvar : nn.Parameter, shape (latent_dim,)
+        Natural-log variance of q(z | x), initialised at 0 (the prior's).
+    """
+
+    def __init__(self, input_dim: int, latent_dim: int = 1):
+        from ._validate import check_count  # here, not at the top: importing helpers.nets imports only torch
+
+        super().__init__()
+        self.input_dim, self.latent_dim = check_count("input_dim", input_dim), check_count("latent_dim", latent_dim)
+        self.linear = nn.Linear(input_dim, latent_dim)
+        self.logvar = nn.Parameter(torch.zeros(latent_dim))
+
+    def check_input(self, x):
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor
+        (batch, input_dim), or (batch, ...) with ``input_dim`` values per sample."""
+        _check_tensor(x, type(self).__name__)
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim:
+            raise _shape_error(type(self).__name__, f"(batch, {self.input_dim})", x,
+                               "use x[None] for a single sample" if x.dim() == 1 else "")
+
+    def forward(self, x):
+        """``x`` (batch, input_dim) -> ``(mu, logvar)``, each (batch, latent_dim)."""
+        self.check_input(x)
+        mu = self.linear(x.flatten(1))
+        return mu, self.logvar.expand_as(mu)
+
+
+class LinearDecoder(nn.Module):
+    """z (batch, latent_dim) -> z W^T + b, (batch, output_dim): the mean of a Gaussian p(x | z)
+    (or Bernoulli logits). ``weight`` W (output_dim, latent_dim) is the loading matrix of
+    probabilistic PCA, ``bias`` b (output_dim,) its mean.
+
+    Parameters
+    ----------
+    latent_dim : int
+    output_dim : int
+        Values per sample (L * L for a lattice).
+    """
+
+    def __init__(self, latent_dim: int = 1, output_dim: int = 64):
+        from ._validate import check_count  # here, not at the top: importing helpers.nets imports only torch
+
+        super().__init__()
+        self.latent_dim = check_count("latent_dim", latent_dim)
+        self.output_dim = check_count("output_dim", output_dim)
+        self.linear = nn.Linear(latent_dim, output_dim)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W, shape (output_dim, latent_dim)."""
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """b, shape (output_dim,)."""
+        return self.linear.bias
+
+    def forward(self, z):
+        """``z`` (batch, latent_dim) -> (batch, output_dim)."""
+        return self.linear(z)
