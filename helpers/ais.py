@@ -23,6 +23,11 @@ so to over-estimate log-likelihoods.
 
 All runs advance together (one batch of ``n_runs`` chains); the loop is over
 the inverse temperatures. Log-weights are accumulated in float64.
+
+The other side of the bracket: :func:`reverse_ais_log_partition` anneals backwards from exact
+samples (:func:`exact_samples`) and over-estimates log Z in expectation (bidirectional Monte
+Carlo, Grosse et al. 2015); :func:`raise_log_likelihood` anneals backwards from test images and
+under-estimates their log-likelihood (RAISE, Burda et al. 2015).
 """
 from __future__ import annotations
 
@@ -36,9 +41,10 @@ from ._linear import linear_for
 from ._numerics import bernoulli as _bernoulli, softplus as _softplus
 from ._validate import check_count
 from .config import threads_for
-from .rbm import BernoulliRBM, base_rate_visible_bias
+from .rbm import DEFAULT_CHUNK, MAX_EXACT_UNITS, BernoulliRBM, base_rate_visible_bias
 
-__all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "anneal", "log_likelihood", "base_log_partition"]
+__all__ = ["AISResult", "LogLikelihood", "ais_log_partition", "anneal", "log_likelihood", "base_log_partition",
+           "ExactSamples", "exact_samples", "reverse_anneal", "reverse_ais_log_partition", "raise_log_likelihood"]
 
 
 _AIS_FORMAT = "helpers.ais result 1"
@@ -241,3 +247,263 @@ def log_likelihood(rbm: BernoulliRBM, x: torch.Tensor, log_z) -> LogLikelihood:
     with torch.no_grad():
         per_image = -rbm.free_energy(x).to(torch.float64) - log_z
     return LogLikelihood(per_image=per_image.cpu(), mean=float(per_image.mean()))
+
+
+# ---------------------------------------------------------------------- reverse annealing
+#
+# Forward AIS is biased low in log Z (Jensen), so its log-likelihoods are optimistic. Two reverse runs
+# give the other side (Grosse, Ghahramani & Adams 2015; Burda, Grosse & Salakhutdinov 2015):
+#
+# * from exact samples of the RBM, annealing backwards (beta = 1 -> 0) gives weights with E[w] = Z_A / Z,
+#   so log Z_A - log mean(w) over-estimates log Z in expectation: with forward AIS a bracket;
+# * from test images (RAISE), the same backward chain is an importance sampler for the *annealing model*
+#   (x_0 ~ p_0, then T_1, ..., T_K forward; its last state is the image), a proper normalised model close
+#   to the RBM for slow schedules: its estimate is a stochastic lower bound on that model's log-likelihood.
+
+class ExactSamples(NamedTuple):
+    """Result of :func:`exact_samples`."""
+
+    #: Tensor (n, n_visible), binary, in the RBM's dtype and on its device: independent draws of p(x).
+    x: torch.Tensor
+    #: Exact log Z in nats (from the same enumeration, float64).
+    log_z: float
+
+
+def exact_samples(rbm: BernoulliRBM, n_samples: int, generator: torch.Generator | None = None, *,
+                  chunk: int = DEFAULT_CHUNK, max_units: int = MAX_EXACT_UNITS, checkpoint=None) -> ExactSamples:
+    """Independent exact samples x ~ p(x) of a small RBM, and its exact log Z, from one enumeration.
+
+    The smaller layer is enumerated in float64 (all 2^k states, k = min(n_visible, n_hidden) <= ``max_units``,
+    in chunks of ``chunk``). With fewer hidden units, h is drawn from its exact marginal
+    p(h) proportional to exp(b.h + sum_i softplus(a_i + (W h)_i)) by inverting the cumulative sum, then
+    x ~ p(x | h); otherwise x is drawn from its marginal directly. All draws come from ``generator``
+    (on the CPU). Cost: that of :meth:`BernoulliRBM.log_partition_exact`. ``checkpoint`` caches the
+    samples and log Z for the same parameters, number of samples and generator state (lecturer mode); a
+    loaded result leaves ``generator`` untouched.
+    """
+    if not isinstance(rbm, BernoulliRBM):
+        raise TypeError(f"rbm must be a BernoulliRBM, got {type(rbm).__name__}")
+    n_samples = check_count("n_samples", n_samples)
+    k = min(rbm.n_visible, rbm.n_hidden)
+    if k > max_units:
+        raise ValueError(f"exact samples need 2**{k} states of the smaller layer ({rbm.n_visible} visible, "
+                         f"{rbm.n_hidden} hidden); the limit is {max_units} units. Draw approximate samples with "
+                         "long Gibbs chains instead (helpers.rbm.gibbs_sweeps), and say that they are approximate.")
+    if checkpoint is not None:
+        fingerprint = {"rbm": checkpoint_io.digest(rbm.W, rbm.a, rbm.b), "n_samples": n_samples,
+                       "generator": "none" if generator is None else checkpoint_io.digest(generator.get_state())}
+
+        def compute():
+            res = exact_samples(rbm, n_samples, generator, chunk=chunk, max_units=max_units)
+            return {"x": res.x.cpu(), "log_z": torch.tensor(res.log_z, dtype=torch.float64)}
+
+        out = checkpoint_io.cached(checkpoint, fingerprint, _EXACT_FORMAT, compute, what="exact samples",
+                                   redo="enumerating")
+        return ExactSamples(x=out["x"].to(rbm.device, rbm.dtype), log_z=float(out["log_z"]))
+    r64 = BernoulliRBM(rbm.n_visible, rbm.n_hidden, dtype=torch.float64)
+    r64.W, r64.a, r64.b = (t.detach().to("cpu", torch.float64) for t in (rbm.W, rbm.a, rbm.b))
+    layer = "hidden" if rbm.n_hidden <= rbm.n_visible else "visible"
+    bits = torch.arange(k)
+    with torch.no_grad(), threads_for(chunk * rbm.n_visible * rbm.n_hidden):
+        log_m = torch.cat([r64.unnormalised_log_marginal(((torch.arange(s, min(s + chunk, 2**k))[:, None] >> bits) & 1)
+                                                         .to(torch.float64), layer)
+                           for s in range(0, 2**k, chunk)])
+        log_z = torch.logsumexp(log_m, 0)
+        cdf = torch.cumsum(torch.exp(log_m - log_z), 0)
+        u = torch.rand(n_samples, generator=generator, dtype=torch.float64) * cdf[-1]
+        idx = torch.searchsorted(cdf, u).clamp_(max=2**k - 1)
+        states = ((idx[:, None] >> bits) & 1).to(torch.float64)
+        x = states if layer == "visible" else _bernoulli(torch.sigmoid(states @ r64.W.T + r64.a), generator)
+    return ExactSamples(x=x.to(rbm.device, rbm.dtype), log_z=float(log_z))
+
+
+def _base_bias(rbm, base_visible_bias, data):
+    """The base model's visible bias a_A (as in :func:`ais_log_partition`): fitted to ``data``, given, or 0."""
+    if base_visible_bias is not None and data is not None:
+        raise ValueError("give base_visible_bias or data (to fit it), not both")
+    dt, dev, M = rbm.dtype, rbm.device, rbm.n_visible
+    if data is not None:
+        return base_rate_visible_bias(rbm.check_visible(data), dtype=dt).to(dev)
+    if base_visible_bias is None:
+        return torch.zeros(M, dtype=dt, device=dev)
+    if not isinstance(base_visible_bias, torch.Tensor) or tuple(base_visible_bias.shape) != (M,):
+        raise ValueError(f"base_visible_bias must be a tensor of shape ({M},)")
+    if not torch.isfinite(base_visible_bias).all():
+        raise ValueError("base_visible_bias must be finite")
+    return base_visible_bias.detach().to(dev, dt)
+
+
+def _tempered_terms(rbm, a_base):
+    """The product AIS uses for its weights: x -> (x W | x.(a - a_A)) in float64 via helpers._linear."""
+    lin = linear_for(rbm.dtype, rbm.device)
+    Wd = torch.cat([rbm.W.detach(), (rbm.a.detach() - a_base)[:, None]], 1)
+    b64 = rbm.b.detach().to(torch.float64)
+    N = rbm.n_hidden
+
+    def terms(x):
+        ext = lin(x, Wd.T, None, "none").to(torch.float64)
+        return ext[:, :N] + b64, ext[:, N]       # pre = b + x W, and x.(a - a_A)
+
+    return terms
+
+
+def _log_ratio(pre, lin_a, beta, prev):
+    """log p*_beta(x) - log p*_prev(x) from ``pre = b + x W`` and ``lin_a = x.(a - a_A)``, float64 (rows,)."""
+    return (beta - prev) * lin_a + (_softplus(beta * pre) - _softplus(prev * pre)).sum(1)
+
+
+def reverse_anneal(rbm: BernoulliRBM, base_visible_bias: torch.Tensor, betas: torch.Tensor, x_start: torch.Tensor,
+                   generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """AIS run backwards, from ``x_start`` at beta = 1 down to the base model: log-weights (nats), float64, (rows,).
+
+    With x_K = ``x_start`` (rows, n_visible) and k = K, ..., 1::
+
+        log w += log p*_{k-1}(x_k) - log p*_k(x_k),     then x_{k-1} ~ T_{k-1}(. | x_k)   (for k > 1),
+
+    with the tempered sweeps of :func:`anneal` in the reverse order (each is reversible, so the reversed
+    chain uses the same kernels). Started from exact samples of the RBM, E[w] = Z_A / Z exactly, for any
+    schedule (:func:`reverse_ais_log_partition`). No input checks (see that function).
+    """
+    from tqdm.auto import tqdm
+
+    with torch.no_grad():
+        a_base = base_visible_bias.to(rbm.dtype)
+        terms = _tempered_terms(rbm, a_base)
+        x = x_start.to(rbm.dtype)
+        log_w = torch.zeros(len(x), dtype=torch.float64, device=rbm.device)
+        workspace = {}
+        beta_list = betas.tolist()
+        K = len(beta_list) - 1
+        for step in tqdm(range(K, 0, -1), desc="reverse AIS", unit="beta", disable=not progress, mininterval=0.5):
+            beta, prev = beta_list[step], beta_list[step - 1]
+            pre, lin_a = terms(x)
+            log_w -= _log_ratio(pre, lin_a, beta, prev)
+            if step > 1:  # a transition that leaves p_{k-1} invariant
+                x = rbm.gibbs_sweep(x, generator, beta=prev, base_visible_bias=a_base, pre=pre, workspace=workspace)
+    return log_w.cpu()
+
+
+def _summary(log_w, log_z_base, sign):
+    """AISResult from log-weights: log Z = log Z_A + sign * log mean(w), delta-method stderr, ESS."""
+    n_runs = len(log_w)
+    log_mean_w = torch.logsumexp(log_w, 0).item() - math.log(n_runs)
+    w = torch.exp(log_w - log_w.max())
+    ess = float(w.sum() ** 2 / (w ** 2).sum())
+    stderr = float(w.std() / (math.sqrt(n_runs) * w.mean())) if n_runs > 1 else math.nan
+    return AISResult(log_z=log_z_base + sign * log_mean_w, stderr=stderr, log_weights=log_w,
+                     log_z_base=log_z_base, ess=ess)
+
+
+def reverse_ais_log_partition(rbm: BernoulliRBM, samples: torch.Tensor, n_betas: int | None = None, *,
+                              betas: torch.Tensor | None = None, base_visible_bias: torch.Tensor | None = None,
+                              data: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                              progress: bool = True, checkpoint=None) -> AISResult:
+    """Estimate log Z (nats) by annealing backwards from exact samples: the upper side of the AIS bracket.
+
+    One reverse run per row of ``samples`` (:func:`reverse_anneal`). When the rows are exact,
+    independent samples of the RBM (:func:`exact_samples`), each weight has E[w] = Z_A / Z, so
+
+        log Z_rev = log Z_A - log mean(w)    has    E[log Z_rev] >= log Z     (Jensen's inequality):
+
+    a stochastic *upper* bound, where forward AIS (:func:`ais_log_partition`) gives a stochastic lower
+    one. Together they bracket log Z, and the width of the bracket measures how far both are from it
+    (bidirectional Monte Carlo, Grosse, Ghahramani & Adams 2015). Started from approximate samples
+    (e.g. Gibbs chains) the upper bound no longer holds. Parameters as in :func:`ais_log_partition`;
+    ``samples`` (n_runs, n_visible) binary.
+
+    Returns
+    -------
+    AISResult
+        ``log_z`` (the reverse estimate), ``stderr`` (delta method on the reverse weights),
+        ``log_weights`` (the reverse log-weights, (n_runs,)), ``log_z_base``, ``ess``.
+    """
+    if not isinstance(rbm, BernoulliRBM):
+        raise TypeError(f"rbm must be a BernoulliRBM, got {type(rbm).__name__}")
+    x0 = rbm.check_visible(samples)
+    schedule = _betas(n_betas, betas)
+    a_base = _base_bias(rbm, base_visible_bias, data)
+    log_z_base = base_log_partition(rbm.n_hidden, a_base)
+
+    def runs():
+        with threads_for(len(x0) * rbm.n_visible * rbm.n_hidden):
+            return {"log_weights": reverse_anneal(rbm, a_base, schedule, x0, generator, progress)}
+
+    fingerprint = None if checkpoint is None else {
+        "rbm": checkpoint_io.digest(rbm.W, rbm.a, rbm.b), "base": checkpoint_io.digest(a_base),
+        "betas": checkpoint_io.digest(schedule), "samples": checkpoint_io.digest(x0),
+        "generator": "none" if generator is None else checkpoint_io.digest(generator.get_state())}
+    log_w = checkpoint_io.cached(checkpoint, fingerprint, _REVERSE_FORMAT, runs, what="reverse AIS result",
+                                 redo="running reverse AIS")["log_weights"]
+    return _summary(log_w, log_z_base, -1.0)
+
+
+def raise_log_likelihood(rbm: BernoulliRBM, x: torch.Tensor, n_runs: int = 1, n_betas: int | None = None, *,
+                         betas: torch.Tensor | None = None, base_visible_bias: torch.Tensor | None = None,
+                         data: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                         progress: bool = True, checkpoint=None) -> LogLikelihood:
+    """RAISE (Burda, Grosse & Salakhutdinov 2015): a conservative estimate of log p(x) started from the data.
+
+    The *annealing model* draws x_0 from the base model p_0 and applies the tempered sweeps T_1, ..., T_K
+    (T_K is the RBM's own sweep); its last state is the image. It is a proper, normalised model,
+    p_ann(v) = sum over paths p_0(x_0) T_1(x_1 | x_0) ... T_K(v | x_{K-1}), and p_ann -> p (the RBM) as the
+    schedule gets slower. Running the chain backwards from the test image v, x_{k-1} ~ T_k(. | x_k) for
+    k = K, ..., 1, is an importance sampler for it with weight (each T_k is reversible with respect to p_k)::
+
+        log w = -F(v) - log Z_A + sum_{k=K..1} [log p*_{k-1}(x_{k-1}) - log p*_k(x_{k-1})],   E[w] = p_ann(v).
+
+    With ``n_runs`` chains per image the estimate is log mean(w): E[estimate] <= log p_ann(v) (Jensen), a
+    stochastic lower bound on the log-likelihood of the annealing model. It needs no log Z, and unlike
+    forward AIS it errs towards *under*-estimating: a number it reports is (in expectation) achieved by a
+    model one could sample from. Parameters as in :func:`ais_log_partition`; ``x`` (B, n_visible) binary.
+    Cost: ``B * n_runs`` chains of K sweeps.
+
+    Returns
+    -------
+    LogLikelihood
+        ``per_image`` (B,) float64 nats and ``mean``.
+    """
+    if not isinstance(rbm, BernoulliRBM):
+        raise TypeError(f"rbm must be a BernoulliRBM, got {type(rbm).__name__}")
+    v = rbm.check_visible(x)
+    n_runs = check_count("n_runs", n_runs)
+    schedule = _betas(n_betas, betas)
+    a_base = _base_bias(rbm, base_visible_bias, data)
+    log_z_base = base_log_partition(rbm.n_hidden, a_base)
+
+    def runs():
+        with threads_for(len(v) * n_runs * rbm.n_visible * rbm.n_hidden):
+            return {"log_weights": _raise_runs(rbm, a_base, schedule, v.repeat(n_runs, 1), generator, progress)}
+
+    fingerprint = None if checkpoint is None else {
+        "rbm": checkpoint_io.digest(rbm.W, rbm.a, rbm.b), "base": checkpoint_io.digest(a_base),
+        "betas": checkpoint_io.digest(schedule), "x": checkpoint_io.digest(v), "n_runs": n_runs,
+        "generator": "none" if generator is None else checkpoint_io.digest(generator.get_state())}
+    log_w = checkpoint_io.cached(checkpoint, fingerprint, _RAISE_FORMAT, runs, what="RAISE estimate",
+                                 redo="running RAISE")["log_weights"]
+    with torch.no_grad():
+        per_image = -rbm.free_energy(v).to(torch.float64).cpu() - log_z_base
+        per_image += torch.logsumexp(log_w.reshape(n_runs, len(v)), 0) - math.log(n_runs)
+    return LogLikelihood(per_image=per_image, mean=float(per_image.mean()))
+
+
+def _raise_runs(rbm, a_base, betas, x, generator, progress):
+    """The annealing part of RAISE's log-weights (without -F(v) - log Z_A), float64 (rows,) on the CPU."""
+    from tqdm.auto import tqdm
+
+    with torch.no_grad():
+        terms = _tempered_terms(rbm, a_base)
+        log_w = torch.zeros(len(x), dtype=torch.float64, device=rbm.device)
+        workspace, pre = {}, None
+        beta_list = betas.tolist()
+        K = len(beta_list) - 1
+        for step in tqdm(range(K, 0, -1), desc="RAISE", unit="beta", disable=not progress, mininterval=0.5):
+            beta, prev = beta_list[step], beta_list[step - 1]
+            x = rbm.gibbs_sweep(x, generator, beta=beta, base_visible_bias=a_base, pre=pre, workspace=workspace)
+            pre, lin_a = terms(x)                    # at x_{k-1}, drawn by T_k
+            log_w -= _log_ratio(pre, lin_a, beta, prev)
+    return log_w.cpu()
+
+
+_REVERSE_FORMAT = "helpers.ais reverse result 1"
+_EXACT_FORMAT = "helpers.ais exact samples 1"
+_RAISE_FORMAT = "helpers.ais RAISE result 1"

@@ -16,7 +16,9 @@ Conventions (as everywhere in the course): natural logarithms, so every number
 is in nats per image; the reconstruction term is summed over pixels, the KL over
 latent dimensions, and both are averaged over the batch. The expectation is
 estimated with one reparameterized sample z = mu + exp(logvar / 2) * eps,
-eps ~ N(0, I); the KL is exact (:func:`kl_normal_std`).
+eps ~ N(0, I); the KL is exact (:func:`kl_normal_std`). ``train_vae(objective="iwae", k=...)``
+trains on the importance-weighted bound L_k instead (Burda et al. 2016), and for 2-D latent
+spaces :func:`quadrature_log_likelihood` computes log p(x) itself by integrating over z.
 
 Every random draw takes a ``torch.Generator`` (or a seed in :func:`train_vae`),
 so the same seed gives bitwise identical results on the CPU.
@@ -328,6 +330,21 @@ def log_importance_weights(model: VAE, x, z, mu=None, logvar=None):
     return log_px_z + log_prior - log_q
 
 
+def sample_log_weights(model: VAE, x, k: int, generator: torch.Generator | None = None):
+    """``k`` reparameterized importance samples per image and their log-weights, nats, differentiable:
+
+        z_i = mu(x) + exp(logvar(x) / 2) * eps_i,    log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x),
+
+    with eps_i ~ N(0, I) drawn as one (k, n, latent_dim) block from ``generator``. ``x`` (n, ...) -> (k, n).
+    ``logsumexp(log_w, 0) - log k`` is the IWAE estimate of L_k for each image (the training objective
+    of ``train_vae(objective="iwae")``); for k = 1 it is the ELBO with a one-sample estimate of the KL.
+    No input checks (see :func:`iwae_log_likelihood`).
+    """
+    mu, logvar = (_full(t) for t in model.encoder(x))
+    z = mu + torch.exp(0.5 * logvar) * _randn((k, *mu.shape), generator, mu)
+    return log_importance_weights(model, x, z, mu, logvar)
+
+
 @torch.no_grad()
 def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: torch.Generator | None = None,
                         batch_size: int = 64, checkpoint=None):
@@ -376,6 +393,121 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
             log_w = log_importance_weights(model, x[sl], z[:, sl], mu[sl], logvar[sl])
             total[sl] = torch.logaddexp(total[sl], torch.logsumexp(log_w, 0))
     return total - math.log(k)
+
+
+@torch.no_grad()
+def iwae_log_weights(model: VAE, x, k: int, batch_k: int = 32, generator: torch.Generator | None = None,
+                     batch_size: int = 64, checkpoint=None):
+    """All ``k`` log importance weights per image, log w_i = log p(x, z_i) - log q(z_i | x) with z_i ~ q(z | x), nats.
+
+    The draws of :func:`iwae_log_likelihood` (one (n, latent_dim) noise block per importance sample, in
+    chunks of ``batch_k`` samples and ``batch_size`` images), so with the same generator state
+    ``logsumexp(log_w, 0) - log k`` is its estimate. One set of k weights gives an estimate of L_j for
+    every j <= k: split it into k // j disjoint blocks of j and average their log-mean-weights.
+    ``checkpoint`` caches the weights as in :func:`iwae_log_likelihood`.
+
+    Returns
+    -------
+    Tensor (k, n), in the model's dtype.
+    """
+    k, batch_k, batch_size = check_count("k", k), check_count("batch_k", batch_k), check_count("batch_size", batch_size)
+    model.check_input(x)
+    if checkpoint is not None:
+        fingerprint = checkpoint_io.module_fingerprint(model, x=x, k=k, generator=generator, all_weights=True)
+        out = checkpoint_io.cached(
+            checkpoint, fingerprint, _IWAE_FORMAT,
+            lambda: {"log_w": iwae_log_weights(model, x, k, batch_k, generator, batch_size).cpu()},
+            what="IWAE log-weights", redo="computing them")
+        return out["log_w"].to(x.device)
+    n = x.shape[0]
+    mus, logvars = zip(*(model.encoder(x[i:i + batch_size]) for i in range(0, n, batch_size)))
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    out = torch.empty(k, n, dtype=mu.dtype, device=mu.device)
+    for start in range(0, k, batch_k):
+        m = min(batch_k, k - start)
+        eps = torch.stack([_randn(mu.shape, generator, mu) for _ in range(m)])  # (m, n, d)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        for i in range(0, n, batch_size):
+            sl = slice(i, i + batch_size)
+            out[start:start + m, sl] = log_importance_weights(model, x[sl], z[:, sl], mu[sl], logvar[sl])
+    return out
+
+
+@torch.no_grad()
+def quadrature_log_likelihood(model: VAE, x, *, box: float = 5.0, n_grid: int = 400, chunk: int = 4096,
+                              batch_size: int = 500, checkpoint=None):
+    """log p(x) = log of the integral of p(x | z) N(z; 0, I) over z, by quadrature: exact up to the grid (2-D latents).
+
+    The square [-box, box]^2 is cut into ``n_grid`` x ``n_grid`` cells of side h = 2 box / n_grid and the
+    integrand is evaluated at the cell centres z_g (the midpoint rule)::
+
+        log p(x) ~ logsumexp_g [log p(x | z_g) + log N(z_g; 0, I)] + 2 log h.
+
+    For a smooth integrand whose mass lies inside the box the error falls faster than any power of h
+    (for a Gaussian of width sigma it is about 2 exp(-2 pi^2 sigma^2 / h^2) relative), so the result is
+    accurate once h is below the width of the posterior p(z | x) and the box holds the posterior's mass:
+    halve h and widen the box to check. Prior mass outside [-5, 5]^2 is below 1.2e-6.
+
+    Parameters
+    ----------
+    model : VAE
+        With ``latent_dim == 2`` and a Bernoulli or Gaussian likelihood.
+    x : Tensor (n, ...)
+        Data the model accepts (binary for the Bernoulli likelihood).
+    box, n_grid : float, int
+        Half-width of the square and cells per axis: ``n_grid**2`` decoder evaluations, shared by all images
+        (``chunk`` grid points at a time), plus n * n_grid**2 * D multiply-adds in float64.
+    checkpoint : path, optional
+        Cache the result (lecturer mode, ``helpers.config.checkpoint_path``): a file made for the same model
+        weights, images and grid is loaded instead of integrating again (weights-only loading).
+
+    Returns
+    -------
+    Tensor (n,), float64: log p(x) in nats per image.
+    """
+    if model.latent_dim != 2:
+        raise ValueError(f"quadrature_log_likelihood integrates over a 2-D latent space, but this model has "
+                         f"latent_dim={model.latent_dim} (a grid in {model.latent_dim} dimensions is too large); "
+                         "use iwae_log_likelihood(model, x, k), a lower bound that tightens as k grows")
+    box = check_real("box", box, 0, low_ok=False)
+    n_grid, chunk = check_count("n_grid", n_grid), check_count("chunk", chunk)
+    batch_size = check_count("batch_size", batch_size)
+    if not isinstance(model.likelihood, (BernoulliLikelihood, GaussianLikelihood)):
+        raise ValueError(f"quadrature_log_likelihood knows the Bernoulli and Gaussian likelihoods, "
+                         f"not {type(model.likelihood).__name__}")
+    model.check_input(x)
+    if checkpoint is not None:
+        fingerprint = checkpoint_io.module_fingerprint(model, x=x, box=box, n_grid=n_grid)
+        out = checkpoint_io.cached(
+            checkpoint, fingerprint, _QUADRATURE_FORMAT,
+            lambda: {"log_px": quadrature_log_likelihood(model, x, box=box, n_grid=n_grid, chunk=chunk,
+                                                         batch_size=batch_size).cpu()},
+            what="quadrature log-likelihood", redo="integrating")
+        return out["log_px"].to(x.device)
+    like = next(model.parameters())
+    h = 2 * box / n_grid
+    centres = -box + h * (torch.arange(n_grid, dtype=torch.float64) + 0.5)
+    z = torch.cartesian_prod(centres, centres)                                   # (G, 2)
+    log_prior = -0.5 * z.square().sum(1) - _LOG_2PI                              # log N(z; 0, I_2)
+    xf = x.reshape(len(x), -1).to(torch.float64).cpu()
+    total = torch.full((len(x),), -math.inf, dtype=torch.float64)
+    for s in range(0, len(z), chunk):
+        out = model.decoder(z[s:s + chunk].to(like.device, like.dtype)).reshape(len(z[s:s + chunk]), -1)
+        out = out.to(torch.float64).cpu()
+        for i in range(0, len(xf), batch_size):
+            log_px_z = _log_likelihood_table(model.likelihood, xf[i:i + batch_size], out)   # (batch, chunk)
+            total[i:i + batch_size] = torch.logaddexp(total[i:i + batch_size],
+                                                      torch.logsumexp(log_px_z + log_prior[s:s + chunk], 1))
+    return (total + 2 * math.log(h)).to(x.device)
+
+
+def _log_likelihood_table(likelihood, x, out):
+    """log p(x_n | z_g) for every image n and grid point g: ``x`` (n, D), ``out`` (G, D) decoder outputs -> (n, G)."""
+    if isinstance(likelihood, BernoulliLikelihood):        # sum_d x_d l_d - softplus(l_d)
+        return x @ out.T - F.softplus(out).sum(1)
+    log_sigma = likelihood.log_sigma.detach().to(torch.float64).cpu()
+    sq = x.square().sum(1, keepdim=True) - 2 * x @ out.T + out.square().sum(1)
+    return -0.5 * sq * torch.exp(-2 * log_sigma) - x.shape[1] * (log_sigma + 0.5 * _LOG_2PI)
 
 
 # ---------------------------------------------------------------------- is the latent space used?
@@ -548,6 +680,8 @@ class VAESettings:
     beta: float = 1.0
     kl_warmup: int = 0
     precision: str = "float32"
+    objective: str = "elbo"
+    k: int = 1
 
     def __post_init__(self):
         check_count("n_epochs", self.n_epochs)
@@ -557,12 +691,20 @@ class VAESettings:
         check_real("beta", self.beta, 0)
         check_count("kl_warmup", self.kl_warmup, 0)
         check_choice("precision", self.precision, ("float32", "bfloat16"))
+        check_choice("objective", self.objective, ("elbo", "iwae"))
+        check_count("k", self.k)
+        if self.objective == "elbo" and self.k != 1:
+            raise ValueError(f"k={self.k} importance samples need objective='iwae'; the ELBO uses one sample (k=1)")
+        if self.objective == "iwae" and (self.beta != 1 or self.kl_warmup != 0):
+            raise ValueError("objective='iwae' trains on the bound L_k itself: leave beta=1 and kl_warmup=0 "
+                             "(they weight the KL term of the ELBO objective)")
         if not isinstance(self.dynamic_binarization, bool):
             raise ValueError(f"dynamic_binarization must be True or False, got {self.dynamic_binarization!r}")
 
 
 _CHECKPOINT_FORMAT = "helpers.vae checkpoint 2"
 _IWAE_FORMAT = "helpers.vae IWAE estimate 1"
+_QUADRATURE_FORMAT = "helpers.vae quadrature log-likelihood 1"
 
 
 def _is_binary(x):
@@ -581,7 +723,7 @@ def _evaluate(model, x, seed, batch_size=1000):
 
 
 def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=None, kl_weight: float = 1.0,
-                  precision: str = "float32") -> dict:
+                  precision: str = "float32", objective: str = "elbo", k: int = 1) -> dict:
     """One gradient step on the VAE loss ``kl_weight * KL - reconstruction`` (batch means, nats).
 
     ``x`` (batch, ...) is one minibatch; ``kl_weight = 1`` is the ELBO. Returns the batch means
@@ -589,11 +731,25 @@ def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=Non
     ``FloatingPointError`` for a non-finite loss or gradient, before the weights change.
     ``precision="bfloat16"`` runs the networks under bfloat16 autocast (weights, loss and
     optimiser stay float32).
+
+    ``objective="iwae"`` maximises the importance-weighted bound instead (Burda et al. 2016): the loss is
+    ``-mean(logsumexp_i log w_i - log k)`` over ``k`` reparameterized samples per image
+    (:func:`sample_log_weights`), and the step returns ``train_iwae`` (that bound) and ``train_elbo``
+    (the mean of the k log-weights, an unbiased estimate of the ELBO); ``kl_weight`` must be 1.
     """
+    check_choice("objective", objective, ("elbo", "iwae"))
     model.train()
-    with _autocast(x, precision):
-        rec, kl = elbo_terms(model, x, generator)
-    loss = kl_weight * kl.mean() - rec.mean()
+    if objective == "iwae":
+        if kl_weight != 1:
+            raise ValueError(f"objective='iwae' has no KL weight (got kl_weight={kl_weight}); use objective='elbo'")
+        with _autocast(x, precision):
+            log_w = sample_log_weights(model, x, check_count("k", k), generator)     # (k, batch)
+        bound = torch.logsumexp(log_w, 0) - math.log(k)                              # L_k estimate per image
+        loss = -bound.mean()
+    else:
+        with _autocast(x, precision):
+            rec, kl = elbo_terms(model, x, generator)
+        loss = kl_weight * kl.mean() - rec.mean()
     if not torch.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -602,6 +758,8 @@ def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=Non
     if not torch.isfinite(torch.stack([g.abs().amax() for g in grads])).all():
         raise FloatingPointError("a gradient became NaN or infinite")
     optimizer.step()
+    if objective == "iwae":
+        return {"train_iwae": bound.detach().mean().item(), "train_elbo": log_w.detach().mean().item()}
     rec, kl = rec.detach().mean().item(), kl.detach().mean().item()
     return {"train_elbo": rec - kl, "reconstruction": rec, "kl": kl}
 
@@ -635,7 +793,8 @@ def _prepare_data(model, x_train, x_test, settings):
 
 
 def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkpoint=None, **settings) -> dict:
-    """Train ``model`` by maximising the ELBO with Adam; returns the history per epoch.
+    """Train ``model`` by maximising the ELBO (or the IWAE bound, ``objective="iwae"``) with Adam; returns the
+    history per epoch.
 
     The data are preloaded tensors; each epoch visits them in a new random order
     (shuffled index batches, no DataLoader, no per-sample transforms).
@@ -676,6 +835,16 @@ def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkp
         history, everything evaluated afterwards) stay float32. Fast where the CPU has bfloat16
         matrix instructions (AVX512-BF16, AMX) or on a GPU; elsewhere it may be slower.
         ``bench/bench_loop.py --precision`` measures both.
+    objective : {"elbo", "iwae"}
+        ``"elbo"`` (default) maximises the ELBO (weighted by ``beta``, ``kl_warmup``);
+        ``"iwae"`` maximises the importance-weighted bound L_k with ``k`` samples per image
+        (Burda et al. 2016; :func:`training_step`), a tighter bound on log p(x); the decoder runs k
+        times per image, so a step costs about (1 + k) / 2 times an ELBO step when encoder and decoder
+        cost the same. ``beta`` and ``kl_warmup``
+        stay at their defaults with it.
+    k : int
+        Importance samples per image for ``objective="iwae"`` (1, the default, otherwise; with
+        k = 1 the IWAE objective is the ELBO, its KL estimated by the same sample).
     progress : bool
         Show a tqdm progress bar (one tick per batch).
     checkpoint : path, optional
@@ -697,7 +866,8 @@ def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkp
     -------
     helpers.train.History (a dict of lists, one entry per epoch): ``epoch``, ``train_elbo``,
     ``reconstruction``, ``kl`` (means over the epoch's batches, in nats per image,
-    taken while the model was changing), ``time`` (seconds of the epoch's updates, the
+    taken while the model was changing; with ``objective="iwae"``: ``train_iwae`` and
+    ``train_elbo`` instead), ``time`` (seconds of the epoch's updates, the
     test evaluation excluded), and with ``x_test``: ``test_elbo``, ``test_reconstruction``,
     ``test_kl`` (after the epoch). ``history.settings`` holds the settings.
 
@@ -728,6 +898,8 @@ def train_vae(model: VAE, x_train, x_test=None, *, progress: bool = True, checkp
             xb = torch.bernoulli(xb, generator=gen)
         weight = s.beta if steps_done >= s.kl_warmup else s.beta * steps_done / s.kl_warmup
         steps_done += 1
+        if s.objective == "iwae":
+            return training_step(model, opt, xb, gen, precision=s.precision, objective="iwae", k=s.k)
         return training_step(model, opt, xb, gen, kl_weight=weight, precision=s.precision)
 
     def evaluate(epoch):
