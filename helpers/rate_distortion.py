@@ -37,7 +37,7 @@ import torch
 
 from . import checkpoint as checkpoint_io
 from ._validate import check_count, check_generator, check_real
-from .train import build_settings, fit
+from .train import build_settings, fit, screened_step
 from .vae import VAE, BernoulliLikelihood, GaussianLikelihood
 
 __all__ = ["RateDistortion", "kl_per_dimension", "rate_distortion", "free_bits_loss", "free_bits_step",
@@ -190,14 +190,7 @@ def free_bits_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=No
     rec = model.likelihood.log_prob(x, model.decoder(model.reparameterize(mu, logvar, check_generator(generator))))
     kl_j = kl_per_dimension(mu, logvar)
     loss = free_bits_loss(rec, kl_j, free_bits, beta)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss became {loss.item()}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not torch.isfinite(torch.stack([g.abs().amax() for g in grads])).all():
-        raise FloatingPointError("a gradient became NaN or infinite")
-    optimizer.step()
+    screened_step(loss, optimizer, model.parameters())
     rec, kl = rec.detach().mean().item(), kl_j.detach().sum(1).mean().item()
     return {"train_elbo": rec - kl, "reconstruction": rec, "kl": kl, "free_bits_objective": -loss.item()}
 

@@ -38,7 +38,7 @@ import torch
 from . import checkpoint as checkpoint_io
 from ._validate import check_count, check_generator
 
-__all__ = ["History", "fit", "minibatches", "build_settings"]
+__all__ = ["History", "fit", "minibatches", "build_settings", "screened_step"]
 
 
 class History(dict):
@@ -99,6 +99,22 @@ def build_settings(cls, options: dict):
         raise TypeError(f"unknown setting(s) {', '.join(map(repr, unknown))}; {cls.__name__} has: "
                         f"{', '.join(sorted(names))}")
     return cls(**options)
+
+
+def screened_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters) -> None:
+    """One optimiser step on ``loss`` (a 0-d tensor), refusing non-finite numbers before the weights change.
+
+    Raises ``FloatingPointError`` for a NaN/inf loss (before ``backward``) or a NaN/inf gradient
+    (before ``optimizer.step()``); :func:`fit` adds the epoch and batch to the message.
+    """
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not torch.isfinite(torch.stack([g.abs().amax() for g in grads])).all():
+        raise FloatingPointError("a gradient became NaN or infinite")
+    optimizer.step()
 
 
 def _screen(terms, where: str, hint: str) -> dict:

@@ -40,7 +40,7 @@ from ._validate import check_choice, check_count, check_real
 
 # the networks, also importable from here (`as`: an explicit re-export)
 from .nets import IMAGE_SHAPE as IMAGE_SHAPE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, _check_tensor
-from .train import build_settings, fit
+from .train import build_settings, fit, screened_step
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -750,14 +750,7 @@ def training_step(model: VAE, optimizer: torch.optim.Optimizer, x, generator=Non
         with _autocast(x, precision):
             rec, kl = elbo_terms(model, x, generator)
         loss = kl_weight * kl.mean() - rec.mean()
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss became {loss.item()}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not torch.isfinite(torch.stack([g.abs().amax() for g in grads])).all():
-        raise FloatingPointError("a gradient became NaN or infinite")
-    optimizer.step()
+    screened_step(loss, optimizer, model.parameters())
     if objective == "iwae":
         return {"train_iwae": bound.detach().mean().item(), "train_elbo": log_w.detach().mean().item()}
     rec, kl = rec.detach().mean().item(), kl.detach().mean().item()
