@@ -14,6 +14,9 @@ What is here now (z is the latent code, written ``h`` in the notes):
 * :class:`ConvEncoder`: images x (batch, 1, 28, 28) -> ``(mu, logvar)``, each
   (batch, latent_dim).
 * :class:`ConvDecoder`: z (batch, latent_dim) -> (batch, 1, 28, 28).
+* :class:`MLP`: a plain fully connected network (batch, in_dim) -> (batch,
+  out_dim), for low-dimensional toy data (a 1-D or 2-D GAN's generator and
+  discriminator, a 2-D energy or score network).
 * :class:`LinearEncoder` and :class:`LinearDecoder`: the linear-Gaussian VAE
   (mu = x A^T + c with a learned, input-independent logvar; z -> z W^T + b),
   whose optimum is probabilistic PCA (:mod:`helpers.ppca`). For lattices (the
@@ -196,6 +199,54 @@ class ConvDecoder(nn.Module):
         """``z`` (batch, latent_dim) -> logits (or means) (batch, 1, 28, 28)."""
         h = self.dense(z).contiguous(memory_format=torch.channels_last)
         return self.deconv(h).contiguous()
+
+
+class MLP(nn.Module):
+    """A fully connected network (batch, in_dim) -> (batch, out_dim) for low-dimensional data.
+
+    ``depth`` hidden layers of ``hidden`` units, each followed by the activation; the output
+    layer is linear (logits, scores, energies or samples: the caller decides what it means).
+
+    Parameters
+    ----------
+    in_dim, out_dim : int
+        Input and output sizes (>= 1).
+    hidden : int
+        Units per hidden layer (>= 1).
+    depth : int
+        Number of hidden layers (>= 0; 0 gives an affine map).
+    activation : {"relu", "leaky_relu", "tanh", "silu"}
+        ``leaky_relu`` uses slope 0.2, the usual choice in GAN discriminators.
+    """
+
+    _ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh, "silu": nn.SiLU}
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 64, depth: int = 2, activation: str = "relu"):
+        from ._validate import check_choice, check_count  # here: importing helpers.nets imports only torch
+
+        super().__init__()
+        self.in_dim, self.out_dim = check_count("in_dim", in_dim), check_count("out_dim", out_dim)
+        check_count("hidden", hidden)
+        check_count("depth", depth, 0)
+        check_choice("activation", activation, tuple(self._ACTIVATIONS))
+        layers, width = [], in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), self._ACTIVATIONS[activation]()]
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def check_input(self, x):
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor (batch, in_dim)."""
+        _check_tensor(x, type(self).__name__)
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise _shape_error(type(self).__name__, f"(batch, {self.in_dim})", x,
+                               "use x[:, None] for a batch of scalars" if x.dim() == 1 and self.in_dim == 1 else "")
+
+    def forward(self, x):
+        """``x`` (batch, in_dim) -> (batch, out_dim)."""
+        self.check_input(x)
+        return self.net(x)
 
 
 # ---------------------------------------------------------------------- linear (the linear-Gaussian VAE)

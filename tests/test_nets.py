@@ -181,3 +181,30 @@ def test_nets_does_not_import_the_model_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout
     assert out.strip() == "['helpers', 'helpers.nets']"
+
+
+def test_mlp_shapes_layers_and_errors():
+    from helpers.nets import MLP
+
+    torch.manual_seed(0)
+    net = MLP(2, 3, hidden=5, depth=2, activation="tanh")
+    x = torch.randn(7, 2)
+    assert net(x).shape == (7, 3)
+    linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2, 5), (5, 5), (5, 3)]
+    # the forward pass is the composition it claims: tanh hidden layers, a linear output
+    h = torch.tanh(linears[1](torch.tanh(linears[0](x))))
+    assert torch.allclose(net(x), linears[2](h))
+    affine = MLP(1, 1, depth=0)
+    assert torch.allclose(affine(x[:, :1]), x[:, :1] * affine.net[0].weight[0, 0] + affine.net[0].bias[0])
+    torch.manual_seed(0)
+    again = MLP(2, 3, hidden=5, depth=2, activation="tanh")
+    assert torch.equal(again(x), net(x))                        # same seed, same initial weights
+    with pytest.raises(ValueError, match=r"x\[:, None\]"):
+        MLP(1, 1)(torch.randn(4))
+    with pytest.raises(ValueError, match="activation"):
+        MLP(2, 1, activation="gelu")
+    with pytest.raises(ValueError, match="depth"):
+        MLP(2, 1, depth=-1)
+    with pytest.raises(ValueError, match="NaN"):
+        net(torch.full((2, 2), float("nan")))
