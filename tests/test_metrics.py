@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.metrics import knn_accuracy
+from helpers.metrics import knn_accuracy, mode_coverage
 
 
 def _brute_force(ref, ref_y, qry, qry_y, k):
@@ -52,3 +52,56 @@ def test_bad_arguments(kwargs, match):
         args["test_labels"] = torch.zeros(len(kwargs["test_features"]), dtype=torch.long)
     with pytest.raises(ValueError, match=match):
         knn_accuracy(**args)
+
+
+# ---------------------------------------------------------------------- mode_coverage
+def _ring(k=8, radius=2.0):
+    angles = 2 * np.pi * np.arange(k) / k
+    return torch.tensor(np.stack([radius * np.cos(angles), radius * np.sin(angles)], 1))
+
+
+def test_mode_coverage_counts_a_hand_made_set():
+    c = _ring()
+    right = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    samples = torch.cat([c[0].repeat(5, 1),                   # 5 exactly on mode 0
+                         c[1] + 0.05 * right.repeat(3, 1),    # 3 at 2.5 sigma from mode 1: high quality
+                         c[2] + 0.07 * right.repeat(2, 1),    # 2 at 3.5 sigma from mode 2: not
+                         torch.zeros(1, 2, dtype=torch.float64)])  # the origin: far from every mode
+    got = mode_coverage(samples, c, 0.02)
+    assert got.modes_covered == 2
+    assert got.high_quality_fraction == pytest.approx(8 / 11)
+    assert got.counts.tolist() == [5, 3, 0, 0, 0, 0, 0, 0]
+    assert mode_coverage(samples, c, 0.02, min_count=4).modes_covered == 1   # mode 1 has only 3
+    assert mode_coverage(samples, c, 0.02, n_std=4.0).modes_covered == 3     # 3.5 sigma now inside
+    per_mode = torch.full((8,), 0.02, dtype=torch.float64)
+    per_mode[1] = 0.01                                                       # 5 sigma for mode 1 now
+    assert mode_coverage(samples, c, per_mode).counts.tolist() == [5, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_mode_coverage_of_samples_from_six_of_eight_gaussians():
+    """Exact samples of 6 of the 8 modes: 6 covered, and the high-quality fraction is the
+    probability 1 - exp(-9/2) that a 2-D Gaussian lies within 3 sigma (chi-square, 2 dof)."""
+    rng = np.random.default_rng(0)
+    c, sigma, n = _ring(), 0.05, 24000
+    which = rng.integers(0, 6, n)
+    samples = c[which].numpy() + sigma * rng.normal(size=(n, 2))
+    got = mode_coverage(samples, c, sigma)
+    p = 1 - np.exp(-4.5)
+    assert got.modes_covered == 6
+    assert abs(got.high_quality_fraction - p) < 5 * np.sqrt(p * (1 - p) / n)
+    assert got.counts[6:].sum() == 0 and got.counts.sum() == round(got.high_quality_fraction * n)
+    expected = np.bincount(which, minlength=8)[:6] * p
+    assert np.all(np.abs(got.counts[:6].numpy() - expected) < 5 * np.sqrt(expected))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(samples=torch.zeros(5, 3)), "dimension 3"),
+    (dict(scale=-1.0), "scale must be"), (dict(scale=torch.ones(3)), "one per centre"),
+    (dict(n_std=0.0), "n_std must be"), (dict(min_count=0), "min_count must be"),
+    (dict(samples=torch.full((4, 2), float("nan"))), "NaN"), (dict(samples=torch.zeros(4)), "shape"),
+])
+def test_mode_coverage_refuses_bad_arguments(kwargs, match):
+    args = dict(samples=torch.zeros(5, 2), centres=_ring(), scale=0.1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        mode_coverage(**args)
