@@ -1,9 +1,21 @@
-"""helpers.metrics.knn_accuracy against a brute-force nearest-neighbour vote written with numpy."""
+"""helpers.metrics against independent computations: knn_accuracy against a brute-force vote, mode_coverage on
+hand-made and exact Gaussian samples, the Fréchet distance against closed forms and scipy's matrix square root,
+precision/recall against a brute-force loop and hand-counted cases, the label histogram against scipy's entropy."""
 import numpy as np
 import pytest
+import scipy.linalg
+import scipy.stats
 import torch
+import torch.nn as nn
 
-from helpers.metrics import knn_accuracy, mode_coverage
+from helpers.metrics import (
+    frechet_distance,
+    frechet_distance_gaussians,
+    knn_accuracy,
+    label_histogram,
+    mode_coverage,
+    precision_recall,
+)
 
 
 def _brute_force(ref, ref_y, qry, qry_y, k):
@@ -105,3 +117,171 @@ def test_mode_coverage_refuses_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         mode_coverage(**args)
+
+
+# ---------------------------------------------------------------------- Fréchet distance
+def _random_rotation(d, rng):
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def test_frechet_gaussians_with_commuting_covariances_is_the_closed_form():
+    """C_a = Q diag(a) Q^T, C_b = Q diag(b) Q^T commute: d^2 = |dm|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2."""
+    rng = np.random.default_rng(1)
+    d = 6
+    q, a, b = _random_rotation(d, rng), rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    ma, mb = rng.normal(size=d), rng.normal(size=d)
+    exact = ((ma - mb) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    got = frechet_distance_gaussians(ma, q @ np.diag(a) @ q.T, mb, q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(exact, rel=1e-10)
+    assert frechet_distance_gaussians([0.3], [[4.0]], [1.3], [[1.0]]) == pytest.approx(1.0 + 1.0)  # 1-D: dm^2 + ds^2
+    assert frechet_distance_gaussians(ma, q @ np.diag(a) @ q.T, ma, q @ np.diag(a) @ q.T) == pytest.approx(0, abs=1e-12)
+
+
+def test_frechet_gaussians_against_scipy_sqrtm_for_non_commuting_covariances():
+    """The textbook formula tr sqrtm(C_a C_b) (a general, complex matrix square root) gives the same number."""
+    rng = np.random.default_rng(2)
+    d = 5
+    ca, cb = (lambda m: m @ m.T + 0.1 * np.eye(d))(rng.normal(size=(d, d))), np.cov(rng.normal(size=(d, 40)))
+    ma, mb = rng.normal(size=d), rng.normal(size=d)
+    reference = ((ma - mb) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(scipy.linalg.sqrtm(ca @ cb)).real
+    assert frechet_distance_gaussians(ma, ca, mb, cb) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance_gaussians(mb, cb, ma, ca) == pytest.approx(reference, rel=1e-9)   # symmetric
+
+
+def test_frechet_distance_of_large_samples_approaches_the_closed_form():
+    rng = np.random.default_rng(3)
+    d, n = 3, 40000
+    ca = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    cb = np.diag([1.0, 2.0, 0.2])
+    ma, mb = np.zeros(d), np.array([0.5, -0.2, 0.1])
+    exact = frechet_distance_gaussians(ma, ca, mb, cb)
+    xa = rng.multivariate_normal(ma, ca, n)
+    xb = rng.multivariate_normal(mb, cb, n)
+    assert frechet_distance(torch.tensor(xa), torch.tensor(xb)) == pytest.approx(exact, abs=0.02)
+    # two samples of one distribution: a small positive floor, of order d / n
+    same = frechet_distance(xa[: n // 2], xa[n // 2:])
+    assert 0 < same < 50 * d / n
+    # a common shift of both sets changes nothing; a relative shift adds |shift|^2
+    assert frechet_distance(xa + 5.0, xb + 5.0) == pytest.approx(frechet_distance(xa, xb), rel=1e-9)
+    shift = np.array([1.0, 0.0, 0.0])
+    assert frechet_distance(xa[: n // 2] + shift, xa[n // 2:]) == pytest.approx(1.0 + same, abs=0.03)
+
+
+@pytest.mark.parametrize("a, b, match", [
+    (torch.zeros(10, 3), torch.zeros(10, 4), "dimension 4"),
+    (torch.randn(3, 3), torch.randn(10, 3), "at least d \\+ 1 = 4"),
+    (torch.randn(10, 3), torch.full((10, 3), float("nan")), "NaN"),
+    (torch.randn(10), torch.randn(10), "shape \\(n, d\\)"),
+])
+def test_frechet_distance_refuses_bad_features(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        frechet_distance(a, b)
+
+
+def test_frechet_gaussians_refuses_mismatched_or_asymmetric_covariances():
+    with pytest.raises(ValueError, match="shape \\(2, 2\\)"):
+        frechet_distance_gaussians(np.zeros(2), np.eye(3), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="symmetric"):
+        frechet_distance_gaussians(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2))
+
+
+# ---------------------------------------------------------------------- precision and recall
+def _pr_brute_force(real, fake, k):
+    def radii(x):
+        return np.array([np.sort(np.sqrt(((x - p) ** 2).sum(1)))[k] for p in x])  # index 0 is the point itself
+
+    def inside(q, ref, r):
+        return np.mean([any(np.sqrt(((ref[j] - p) ** 2).sum()) <= r[j] for j in range(len(ref))) for p in q])
+
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+
+
+def test_precision_recall_matches_a_brute_force_loop():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(120, 3)), rng.normal(size=(90, 3)) * 1.5 + 0.5
+    got = precision_recall(torch.tensor(real), torch.tensor(fake), k=3, batch_size=32)
+    assert got == pytest.approx(_pr_brute_force(real, fake, 3), abs=1e-12)
+
+
+def test_precision_recall_hand_counted_on_a_line():
+    """Real 0, 1, ..., 9 with k = 1: every ball has radius 1 and together they cover [-1, 10].
+    Fake 0.5, 1, 8, 8.4, 12: radii 0.5, 0.5, 0.4, 0.4, 3.6, balls covering the real points 0, 1, 8 and 9."""
+    real = torch.arange(10.0)[:, None]
+    fake = torch.tensor([0.5, 1.0, 8.0, 8.4, 12.0])[:, None]
+    assert precision_recall(real, fake, k=1) == pytest.approx((4 / 5, 4 / 10))
+
+
+def test_precision_recall_of_identical_disjoint_and_half_covering_sets():
+    rng = np.random.default_rng(5)
+    centres = np.stack([20.0 * np.arange(10), np.zeros(10)], 1)     # ten well-separated 2-D modes
+
+    def draw(modes, n=2000):
+        return centres[rng.integers(0, modes, n)] + rng.normal(size=(n, 2))
+
+    real = draw(10)
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real, real + 1000.0) == (0.0, 0.0)
+    p_full, r_full = precision_recall(real, draw(10))                # a second sample of the same distribution
+    p_half, r_half = precision_recall(real, draw(5))                 # modes 0-4 only
+    assert p_full > 0.9 and r_full > 0.9
+    assert p_half > 0.9 and abs(p_half - p_full) < 0.03              # the samples still lie on the data
+    assert abs(r_half - 0.5 * r_full) < 0.03                         # half of the data is reached
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(fake_features=torch.zeros(10, 2)), "dimension 2"), (dict(k=0), "k must be"),
+    (dict(real_features=torch.randn(3, 3)), "at least k \\+ 1 = 4"),
+])
+def test_precision_recall_refuses_bad_arguments(kwargs, match):
+    args = dict(real_features=torch.randn(10, 3), fake_features=torch.randn(10, 3), k=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        precision_recall(**args)
+
+
+# ---------------------------------------------------------------------- label histogram
+class _PixelReader(nn.Module):
+    """A stand-in classifier: the digit is round(9 * x[0, 0]) of each image (logits: one-hot times 10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return 10 * nn.functional.one_hot((9 * x[:, 0, 0, 0]).round().long(), 10).float() + self.dummy
+
+
+def _images_with_labels(labels):
+    x = torch.zeros(len(labels), 1, 28, 28)
+    x[:, 0, 0, 0] = torch.as_tensor(labels, dtype=torch.float32) / 9
+    return x
+
+
+@pytest.mark.parametrize("labels, kl", [
+    (list(range(10)) * 7, 0.0), ([3] * 25, np.log(10)), ([1] * 15 + [7] * 15, np.log(5)),
+])
+def test_label_histogram_on_known_histograms(labels, kl):
+    got = label_histogram(_PixelReader(), _images_with_labels(labels), batch_size=16)
+    assert got.counts.tolist() == np.bincount(labels, minlength=10).tolist()
+    assert got.kl_to_uniform == pytest.approx(kl, abs=1e-12)
+
+
+def test_label_histogram_kl_against_scipy_and_flat_images():
+    rng = np.random.default_rng(6)
+    labels = rng.choice(10, size=500, p=rng.dirichlet(np.ones(10)))
+    x = _images_with_labels(labels)
+    got = label_histogram(_PixelReader(), x.reshape(len(x), 784))       # flat images are accepted
+    p = np.bincount(labels, minlength=10) / len(labels)
+    assert got.kl_to_uniform == pytest.approx(scipy.stats.entropy(p, np.full(10, 0.1)), rel=1e-10)
+
+
+@pytest.mark.parametrize("images, match", [
+    (torch.zeros(4, 28, 28), "shape \\(n, 1, 28, 28\\)"), (torch.zeros(4, 1, 32, 32), "shape"),
+    (2 * torch.rand(4, 1, 28, 28) - 1, "\\(x \\+ 1\\) / 2"), (255 * torch.rand(4, 1, 28, 28), "divide bytes"),
+    (torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "floating point"),
+    (torch.full((4, 1, 28, 28), float("nan")), "NaN"),
+])
+def test_label_histogram_refuses_images_of_the_wrong_shape_or_range(images, match):
+    with pytest.raises(ValueError, match=match):
+        label_histogram(_PixelReader(), images)
