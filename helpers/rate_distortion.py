@@ -1,4 +1,4 @@
-"""Rate and distortion of a VAE, the beta-objective, active units, free bits, and exact log p(x) in 2-D.
+"""Rate and distortion of a VAE, the beta-objective, active units and free bits.
 
 Alemi et al. (2018, "Fixing a broken ELBO") split the negative ELBO of an image x into two
 non-negative parts, both in nats per image:
@@ -20,16 +20,15 @@ What is here:
   whose KL of each latent dimension (averaged over the minibatch) is clamped below at ``free_bits``
   nats; the step is a step function for :func:`helpers.train.fit`, and :func:`train_free_bits` the
   trainer built on it (with the course's checkpoint cache);
-* :func:`quadrature_log_marginal`: for a VAE with a 1- or 2-D latent space, log p(x) (and its
-  tempered version beta log E_p(z)[p(x | z)^(1/beta)], the largest value the beta-objective can take
-  for any q) by a deterministic quadrature on an adaptively refined grid: no stochastic bound, no estimator.
+* the exact tempered marginal F_beta(x) = beta log E_p(z)[p(x | z)^(1/beta)] of a 1- or 2-D VAE, the
+  largest value the beta-objective can take for any q, is :func:`helpers.vae.quadrature_log_marginal`
+  (beta = 1: log p(x)), the one quadrature of the course.
 
 Notation: the notes write the latent variable as ``h``; here it is ``z`` as in :mod:`helpers.vae`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,14 +37,12 @@ import torch
 from . import checkpoint as checkpoint_io
 from ._validate import check_count, check_generator, check_real
 from .train import build_settings, fit, screened_step
-from .vae import VAE, BernoulliLikelihood, GaussianLikelihood
+from .vae import VAE, BernoulliLikelihood
 
 __all__ = ["RateDistortion", "kl_per_dimension", "rate_distortion", "free_bits_loss", "free_bits_step",
-           "FreeBitsSettings", "train_free_bits", "quadrature_log_marginal"]
+           "FreeBitsSettings", "train_free_bits"]
 
-_LOG_2PI = math.log(2 * math.pi)
 _CHECKPOINT_FORMAT = "helpers.rate_distortion free-bits checkpoint 1"
-_QUADRATURE_FORMAT = "helpers.rate_distortion quadrature 1"
 
 
 def _check_vae(model, who):
@@ -287,155 +284,3 @@ def train_free_bits(model: VAE, x_train, x_test=None, *, progress: bool = True, 
                   kind=_CHECKPOINT_FORMAT, state=model.state_dict, restore=model.load_state_dict)
     model.eval()
     return history
-
-
-# ---------------------------------------------------------------------- exact log p(x) in 1 or 2 dimensions
-def _log_likelihood_matrix(likelihood, x, out):
-    """log p(x_n | z_g) for every image n and grid point g: ``x`` (N, P), decoder output ``out`` (G, P) -> (N, G).
-
-    Written as matrix products (sums over pixels of x_i * out_gi), so that N x G pairs cost one matmul.
-    """
-    if isinstance(likelihood, BernoulliLikelihood):      # sum_i x_i l_i - softplus(l_i)
-        return x @ out.T - torch.nn.functional.softplus(out).sum(1)
-    if isinstance(likelihood, GaussianLikelihood):       # -|x - m|^2 / (2 s^2) - P log s - P/2 log 2 pi
-        log_sigma = likelihood.log_sigma.to(out.dtype)
-        sq = x.square().sum(1, keepdim=True) - 2 * x @ out.T + out.square().sum(1)
-        return -0.5 * torch.exp(-2 * log_sigma) * sq - x.shape[1] * (log_sigma + 0.5 * _LOG_2PI)
-    raise TypeError(f"quadrature_log_marginal knows the Bernoulli and Gaussian likelihoods, got "
-                    f"{type(likelihood).__name__}")
-
-
-def _cell_log_terms(model, xf, z, log_cell, grid_batch):
-    """Chunks of (log p(x_n | z_g) (N, G_chunk), log of p(z_g) times the cell volume (G_chunk,)), decoding
-    ``grid_batch`` grid points ``z`` (G, d) at once."""
-    like = next(model.parameters())
-    for i in range(0, len(z), grid_batch):
-        zc = z[i:i + grid_batch]
-        out = model.decoder(zc.to(like.device, like.dtype))
-        log_lik = _log_likelihood_matrix(model.likelihood, xf, out.reshape(len(out), -1).to(xf.dtype))
-        yield log_lik.cpu(), -0.5 * (zc.square().sum(1) + zc.shape[1] * _LOG_2PI) + log_cell
-
-
-def _dilate(mask):
-    """Grow a boolean grid of cells (n,) or (n, n) by one cell in every direction (3 or 3 x 3 neighbourhood)."""
-    m = mask.double()[None, None]
-    pool = torch.nn.functional.max_pool1d if mask.dim() == 1 else torch.nn.functional.max_pool2d
-    return pool(m, 3, stride=1, padding=1)[0, 0] > 0
-
-
-def _cells_to_refine(t, shape, threshold, roughness):
-    """Cells (flat, bool) where, for some image, the log integrand ``t`` (N, cells) is within ``threshold``
-    of that image's largest cell *and* differs by more than ``roughness`` from a neighbouring cell."""
-    grid = t.reshape(len(t), *shape)
-    rough = torch.zeros_like(grid, dtype=torch.bool)
-    for axis in range(1, grid.dim()):
-        step = grid.diff(dim=axis).abs() > roughness                  # between cell i and i + 1 along the axis
-        pad = [0, 0] * (grid.dim() - 1 - axis)
-        rough |= torch.nn.functional.pad(step, pad + [1, 0]) | torch.nn.functional.pad(step, pad + [0, 1])
-    big = grid >= grid.flatten(1).max(1).values.reshape(-1, *[1] * len(shape)) - threshold
-    return (rough & big).any(0).flatten()
-
-
-@torch.no_grad()
-def quadrature_log_marginal(model: VAE, x, betas=1.0, *, half_width: float = 10.0, spacing: float = 0.1,
-                            refine: int = 4, threshold: float = 12.0, roughness: float = 0.25,
-                            grid_batch: int = 4096, dtype=torch.float32, checkpoint=None):
-    """log p(x) = log int p(z) p(x | z) dz by quadrature, for a VAE with a 1- or 2-D latent space.
-
-    More generally, for each beta > 0, the *tempered* log marginal
-
-        F_beta(x) = beta log int p(z) p(x | z)^(1/beta) dz,      F_1(x) = log p(x),
-
-    the largest value the beta-objective E_q log p(x | z) - beta KL(q || p) takes over all
-    distributions q (Gibbs' variational principle; the maximiser is q* proportional to p(z) p(x | z)^(1/beta)).
-    F_beta decreases in beta (a power mean), so F_beta >= log p(x) for beta < 1.
-
-    The rule: the box [-half_width, half_width]^d is cut into cells of side about ``spacing`` (the
-    prior's mass outside, about 2 d Phi(-half_width), is dropped), each integrated by the midpoint
-    rule. Where the integrand changes fast the cells are split: every cell whose log integrand, for
-    some image and some beta, is within ``threshold`` nats of that image's largest cell and differs by
-    more than ``roughness`` nats from a neighbouring cell, and the cells around it, are split into
-    ``refine``^d sub-cells. A cell left coarse either holds less than exp(-threshold) of the largest
-    one or lies where the integrand is flat on the scale of a cell. The decoder runs once per grid
-    point, whatever the number of images. For a smooth integrand whose peak spans a few cells the
-    midpoint rule converges very fast; check it by refinement (smaller ``spacing``, larger ``refine``
-    and ``half_width``: the values must not move).
-
-    Parameters
-    ----------
-    model : helpers.vae.VAE
-        Latent dimension 1 or 2; Bernoulli or Gaussian likelihood.
-    x : Tensor (n, ...)
-        Images the encoder accepts (binary for the Bernoulli likelihood).
-    betas : float or sequence of floats
-        The beta > 0 of F_beta; 1 gives log p(x).
-    half_width : float
-        Half-width of the box in each coordinate (prior standard deviations).
-    spacing : float
-        Side of the coarse cells.
-    refine : int >= 1
-        Sub-cells per side of a refined cell (1: no refinement).
-    threshold : float
-        Nats below an image's largest cell (of the tempered log integrand) down to which cells may be refined.
-    roughness : float
-        Nats the log integrand must change by between neighbouring cells for them to be refined.
-    grid_batch : int
-        Grid points decoded at once.
-    dtype : torch.dtype
-        Precision of log p(x | z), a sum over pixels (float32: about 1e-5 nats); the sums over cells
-        are in float64.
-    checkpoint : path, optional
-        Caches the result (e.g. ``helpers.config.checkpoint_path(name)`` in lecturer mode): a file made
-        for the same model weights, images, betas and rule is loaded instead of integrating again.
-
-    Returns
-    -------
-    Tensor (n,) for a single beta, (len(betas), n) for a sequence; nats per image, float64, on the CPU.
-    Memory: n x (2 half_width / spacing)^d numbers of ``dtype``.
-    """
-    _check_vae(model, "quadrature_log_marginal")
-    model.check_input(x)
-    d = model.latent_dim
-    if d not in (1, 2):
-        raise ValueError(f"quadrature_log_marginal integrates over a 1- or 2-D latent space, this model has {d} "
-                         "latent dimensions (use helpers.vae.iwae_log_likelihood, a stochastic lower bound)")
-    single = not isinstance(betas, (list, tuple))
-    beta_list = [check_real("beta", b, 0, low_ok=False) for b in ([betas] if single else betas)]
-    if not beta_list:
-        raise ValueError("betas must hold at least one beta > 0")
-    half_width = check_real("half_width", half_width, 0, low_ok=False)
-    spacing = check_real("spacing", spacing, 0, 2 * half_width, low_ok=False)
-    refine, grid_batch = check_count("refine", refine), check_count("grid_batch", grid_batch)
-    threshold, roughness = check_real("threshold", threshold, 0), check_real("roughness", roughness, 0)
-    if checkpoint is not None:
-        rule = dict(half_width=half_width, spacing=spacing, refine=refine, threshold=threshold, roughness=roughness)
-        fingerprint = checkpoint_io.module_fingerprint(model, x=x, betas=beta_list, dtype=str(dtype), **rule)
-        out = checkpoint_io.cached(
-            checkpoint, fingerprint, _QUADRATURE_FORMAT,
-            lambda: {"log_marginal": quadrature_log_marginal(model, x, beta_list, grid_batch=grid_batch, **rule,
-                                                             dtype=dtype)},
-            what="quadrature result", redo="integrating")["log_marginal"]
-        return out[0] if single else out
-    n_cells = math.ceil(2 * half_width / spacing)
-    h = 2 * half_width / n_cells
-    axis = -half_width + h * (torch.arange(n_cells, dtype=torch.float64) + 0.5)         # cell centres
-    z = axis[:, None] if d == 1 else torch.cartesian_prod(axis, axis)
-    xf = x.reshape(len(x), -1).to(next(model.parameters()).device, dtype)
-    log_lik, log_wp = (torch.cat(t, -1) for t in zip(*_cell_log_terms(model, xf, z, d * math.log(h), grid_batch)))
-    fine = torch.zeros(len(z), dtype=torch.bool)
-    if refine > 1:
-        for beta in beta_list:                       # the tempered log integrand of each image in each cell
-            fine |= _cells_to_refine(log_lik.double() / beta + log_wp, (n_cells,) * d, threshold, roughness)
-        fine = _dilate(fine.reshape((n_cells,) * d)).flatten()
-    coarse_ll, coarse_lw = log_lik[:, ~fine].double(), log_wp[~fine]
-    total = torch.stack([torch.logsumexp(coarse_ll / beta + coarse_lw, 1) for beta in beta_list])
-    del log_lik, coarse_ll
-    if fine.any():
-        offsets = (h / refine) * (torch.arange(refine, dtype=torch.float64) + 0.5) - h / 2
-        sub = offsets[:, None] if d == 1 else torch.cartesian_prod(offsets, offsets)
-        z_fine = (z[fine][:, None, :] + sub[None]).reshape(-1, d)
-        for ll, lw in _cell_log_terms(model, xf, z_fine, d * math.log(h / refine), grid_batch):
-            ll = ll.double()
-            total = torch.logaddexp(total, torch.stack([torch.logsumexp(ll / beta + lw, 1) for beta in beta_list]))
-    out = torch.tensor(beta_list, dtype=torch.float64)[:, None] * total
-    return out[0] if single else out

@@ -18,7 +18,8 @@ latent dimensions, and both are averaged over the batch. The expectation is
 estimated with one reparameterized sample z = mu + exp(logvar / 2) * eps,
 eps ~ N(0, I); the KL is exact (:func:`kl_normal_std`). ``train_vae(objective="iwae", k=...)``
 trains on the importance-weighted bound L_k instead (Burda et al. 2016), and for 2-D latent
-spaces :func:`quadrature_log_likelihood` computes log p(x) itself by integrating over z.
+spaces :func:`quadrature_log_marginal` computes log p(x) itself by integrating over z (adaptive
+quadrature), and with beta != 1 the tempered marginal that bounds the beta-objective.
 
 Every random draw takes a ``torch.Generator`` (or a seed in :func:`train_vae`),
 so the same seed gives bitwise identical results on the CPU.
@@ -433,81 +434,165 @@ def iwae_log_weights(model: VAE, x, k: int, batch_k: int = 32, generator: torch.
     return out
 
 
+# ---------------------------------------------------------------------- exact log p(x) in 1 or 2 dimensions
+def _log_likelihood_matrix(likelihood, x, out):
+    """log p(x_n | z_g) for every image n and grid point g: ``x`` (N, P), decoder output ``out`` (G, P) -> (N, G).
+
+    Written as matrix products (sums over pixels of x_i * out_gi), so that N x G pairs cost one matmul.
+    """
+    if isinstance(likelihood, BernoulliLikelihood):      # sum_i x_i l_i - softplus(l_i)
+        return x @ out.T - torch.nn.functional.softplus(out).sum(1)
+    if isinstance(likelihood, GaussianLikelihood):       # -|x - m|^2 / (2 s^2) - P log s - P/2 log 2 pi
+        log_sigma = likelihood.log_sigma.to(out.dtype)
+        sq = x.square().sum(1, keepdim=True) - 2 * x @ out.T + out.square().sum(1)
+        return -0.5 * torch.exp(-2 * log_sigma) * sq - x.shape[1] * (log_sigma + 0.5 * _LOG_2PI)
+    raise TypeError(f"quadrature_log_marginal knows the Bernoulli and Gaussian likelihoods, got "
+                    f"{type(likelihood).__name__}")
+
+
+def _cell_log_terms(model, xf, z, log_cell, grid_batch):
+    """Chunks of (log p(x_n | z_g) (N, G_chunk), log of p(z_g) times the cell volume (G_chunk,)), decoding
+    ``grid_batch`` grid points ``z`` (G, d) at once."""
+    like = next(model.parameters())
+    for i in range(0, len(z), grid_batch):
+        zc = z[i:i + grid_batch]
+        out = model.decoder(zc.to(like.device, like.dtype))
+        log_lik = _log_likelihood_matrix(model.likelihood, xf, out.reshape(len(out), -1).to(xf.dtype))
+        yield log_lik.cpu(), -0.5 * (zc.square().sum(1) + zc.shape[1] * _LOG_2PI) + log_cell
+
+
+def _dilate(mask):
+    """Grow a boolean grid of cells (n,) or (n, n) by one cell in every direction (3 or 3 x 3 neighbourhood)."""
+    m = mask.double()[None, None]
+    pool = torch.nn.functional.max_pool1d if mask.dim() == 1 else torch.nn.functional.max_pool2d
+    return pool(m, 3, stride=1, padding=1)[0, 0] > 0
+
+
+def _cells_to_refine(t, shape, threshold, roughness):
+    """Cells (flat, bool) where, for some image, the log integrand ``t`` (N, cells) is within ``threshold``
+    of that image's largest cell *and* differs by more than ``roughness`` from a neighbouring cell."""
+    grid = t.reshape(len(t), *shape)
+    rough = torch.zeros_like(grid, dtype=torch.bool)
+    for axis in range(1, grid.dim()):
+        step = grid.diff(dim=axis).abs() > roughness                  # between cell i and i + 1 along the axis
+        pad = [0, 0] * (grid.dim() - 1 - axis)
+        rough |= torch.nn.functional.pad(step, pad + [1, 0]) | torch.nn.functional.pad(step, pad + [0, 1])
+    big = grid >= grid.flatten(1).max(1).values.reshape(-1, *[1] * len(shape)) - threshold
+    return (rough & big).any(0).flatten()
+
+
 @torch.no_grad()
-def quadrature_log_likelihood(model: VAE, x, *, box: float = 5.0, n_grid: int = 400, chunk: int = 4096,
-                              batch_size: int = 500, checkpoint=None):
-    """log p(x) = log of the integral of p(x | z) N(z; 0, I) over z, by quadrature: exact up to the grid (2-D latents).
+def quadrature_log_marginal(model: VAE, x, betas=1.0, *, half_width: float = 10.0, spacing: float = 0.1,
+                            refine: int = 4, threshold: float = 12.0, roughness: float = 0.25,
+                            grid_batch: int = 4096, dtype=torch.float32, checkpoint=None):
+    """log p(x) = log int p(z) p(x | z) dz by quadrature, for a VAE with a 1- or 2-D latent space.
 
-    The square [-box, box]^2 is cut into ``n_grid`` x ``n_grid`` cells of side h = 2 box / n_grid and the
-    integrand is evaluated at the cell centres z_g (the midpoint rule)::
+    More generally, for each beta > 0, the *tempered* log marginal
 
-        log p(x) ~ logsumexp_g [log p(x | z_g) + log N(z_g; 0, I)] + 2 log h.
+        F_beta(x) = beta log int p(z) p(x | z)^(1/beta) dz,      F_1(x) = log p(x),
 
-    For a smooth integrand whose mass lies inside the box the error falls faster than any power of h
-    (for a Gaussian of width sigma it is about 2 exp(-2 pi^2 sigma^2 / h^2) relative), so the result is
-    accurate once h is below the width of the posterior p(z | x) and the box holds the posterior's mass:
-    halve h and widen the box to check. Prior mass outside [-5, 5]^2 is below 1.2e-6.
+    the largest value the beta-objective E_q log p(x | z) - beta KL(q || p) takes over all
+    distributions q (Gibbs' variational principle; the maximiser is q* proportional to p(z) p(x | z)^(1/beta)).
+    F_beta decreases in beta (a power mean), so F_beta >= log p(x) for beta < 1.
+
+    The rule: the box [-half_width, half_width]^d is cut into cells of side about ``spacing`` (the
+    prior's mass outside, about 2 d Phi(-half_width), is dropped), each integrated by the midpoint
+    rule. Where the integrand changes fast the cells are split: every cell whose log integrand, for
+    some image and some beta, is within ``threshold`` nats of that image's largest cell and differs by
+    more than ``roughness`` nats from a neighbouring cell, and the cells around it, are split into
+    ``refine``^d sub-cells. A cell left coarse either holds less than exp(-threshold) of the largest
+    one or lies where the integrand is flat on the scale of a cell. The decoder runs once per grid
+    point, whatever the number of images.
+
+    Accuracy: on a uniform grid (``refine=1``) the midpoint rule converges faster than any power of
+    the spacing h once h is below the posterior's width and the box holds its mass (Poisson summation:
+    the local errors (h^2 / 24) f'' of the cells cancel over the whole line). Where refined and coarse
+    cells meet they no longer cancel, and the adaptive rule is accurate to about h^2 / 24 times the
+    relative curvature of the integrand there: about 1e-4 to 1e-3 nats at ``spacing=0.1`` (measured
+    against uniform grids in the tests). Check a result by refinement (smaller ``spacing``, larger
+    ``refine`` and ``half_width``: the values must not move by more than the accuracy you need).
 
     Parameters
     ----------
     model : VAE
-        With ``latent_dim == 2`` and a Bernoulli or Gaussian likelihood.
+        Latent dimension 1 or 2; Bernoulli or Gaussian likelihood.
     x : Tensor (n, ...)
-        Data the model accepts (binary for the Bernoulli likelihood).
-    box, n_grid : float, int
-        Half-width of the square and cells per axis: ``n_grid**2`` decoder evaluations, shared by all images
-        (``chunk`` grid points at a time), plus n * n_grid**2 * D multiply-adds in float64.
+        Images the encoder accepts (binary for the Bernoulli likelihood).
+    betas : float or sequence of floats
+        The beta > 0 of F_beta; 1 gives log p(x).
+    half_width : float
+        Half-width of the box in each coordinate (prior standard deviations).
+    spacing : float
+        Side of the coarse cells.
+    refine : int >= 1
+        Sub-cells per side of a refined cell (1: no refinement).
+    threshold : float
+        Nats below an image's largest cell (of the tempered log integrand) down to which cells may be refined.
+    roughness : float
+        Nats the log integrand must change by between neighbouring cells for them to be refined.
+    grid_batch : int
+        Grid points decoded at once.
+    dtype : torch.dtype
+        Precision of log p(x | z), a sum over pixels (float32: about 1e-5 nats); the sums over cells
+        are in float64.
     checkpoint : path, optional
-        Cache the result (lecturer mode, ``helpers.config.checkpoint_path``): a file made for the same model
-        weights, images and grid is loaded instead of integrating again (weights-only loading).
+        Caches the result (e.g. ``helpers.config.checkpoint_path(name)`` in lecturer mode): a file made
+        for the same model weights, images, betas and rule is loaded instead of integrating again.
 
     Returns
     -------
-    Tensor (n,), float64: log p(x) in nats per image.
+    Tensor (n,) for a single beta, (len(betas), n) for a sequence; nats per image, float64, on the CPU.
+    Memory: n x (2 half_width / spacing)^d numbers of ``dtype``.
     """
-    if model.latent_dim != 2:
-        raise ValueError(f"quadrature_log_likelihood integrates over a 2-D latent space, but this model has "
-                         f"latent_dim={model.latent_dim} (a grid in {model.latent_dim} dimensions is too large); "
-                         "use iwae_log_likelihood(model, x, k), a lower bound that tightens as k grows")
-    box = check_real("box", box, 0, low_ok=False)
-    n_grid, chunk = check_count("n_grid", n_grid), check_count("chunk", chunk)
-    batch_size = check_count("batch_size", batch_size)
-    if not isinstance(model.likelihood, (BernoulliLikelihood, GaussianLikelihood)):
-        raise ValueError(f"quadrature_log_likelihood knows the Bernoulli and Gaussian likelihoods, "
-                         f"not {type(model.likelihood).__name__}")
+    if not isinstance(model, VAE):
+        raise TypeError(f"quadrature_log_marginal needs a helpers.vae.VAE (e.g. mlp_vae(...)), "
+                        f"got {type(model).__name__}")
     model.check_input(x)
+    d = model.latent_dim
+    if d not in (1, 2):
+        raise ValueError(f"quadrature_log_marginal integrates over a 1- or 2-D latent space, this model has {d} "
+                         "latent dimensions (use iwae_log_likelihood(model, x, k), a stochastic lower bound that "
+                         "tightens as k grows)")
+    single = not isinstance(betas, (list, tuple))
+    beta_list = [check_real("beta", b, 0, low_ok=False) for b in ([betas] if single else betas)]
+    if not beta_list:
+        raise ValueError("betas must hold at least one beta > 0")
+    half_width = check_real("half_width", half_width, 0, low_ok=False)
+    spacing = check_real("spacing", spacing, 0, 2 * half_width, low_ok=False)
+    refine, grid_batch = check_count("refine", refine), check_count("grid_batch", grid_batch)
+    threshold, roughness = check_real("threshold", threshold, 0), check_real("roughness", roughness, 0)
     if checkpoint is not None:
-        fingerprint = checkpoint_io.module_fingerprint(model, x=x, box=box, n_grid=n_grid)
+        rule = dict(half_width=half_width, spacing=spacing, refine=refine, threshold=threshold, roughness=roughness)
+        fingerprint = checkpoint_io.module_fingerprint(model, x=x, betas=beta_list, dtype=str(dtype), **rule)
         out = checkpoint_io.cached(
             checkpoint, fingerprint, _QUADRATURE_FORMAT,
-            lambda: {"log_px": quadrature_log_likelihood(model, x, box=box, n_grid=n_grid, chunk=chunk,
-                                                         batch_size=batch_size).cpu()},
-            what="quadrature log-likelihood", redo="integrating")
-        return out["log_px"].to(x.device)
-    like = next(model.parameters())
-    h = 2 * box / n_grid
-    centres = -box + h * (torch.arange(n_grid, dtype=torch.float64) + 0.5)
-    z = torch.cartesian_prod(centres, centres)                                   # (G, 2)
-    log_prior = -0.5 * z.square().sum(1) - _LOG_2PI                              # log N(z; 0, I_2)
-    xf = x.reshape(len(x), -1).to(torch.float64).cpu()
-    total = torch.full((len(x),), -math.inf, dtype=torch.float64)
-    for s in range(0, len(z), chunk):
-        out = model.decoder(z[s:s + chunk].to(like.device, like.dtype)).reshape(len(z[s:s + chunk]), -1)
-        out = out.to(torch.float64).cpu()
-        for i in range(0, len(xf), batch_size):
-            log_px_z = _log_likelihood_table(model.likelihood, xf[i:i + batch_size], out)   # (batch, chunk)
-            total[i:i + batch_size] = torch.logaddexp(total[i:i + batch_size],
-                                                      torch.logsumexp(log_px_z + log_prior[s:s + chunk], 1))
-    return (total + 2 * math.log(h)).to(x.device)
-
-
-def _log_likelihood_table(likelihood, x, out):
-    """log p(x_n | z_g) for every image n and grid point g: ``x`` (n, D), ``out`` (G, D) decoder outputs -> (n, G)."""
-    if isinstance(likelihood, BernoulliLikelihood):        # sum_d x_d l_d - softplus(l_d)
-        return x @ out.T - F.softplus(out).sum(1)
-    log_sigma = likelihood.log_sigma.detach().to(torch.float64).cpu()
-    sq = x.square().sum(1, keepdim=True) - 2 * x @ out.T + out.square().sum(1)
-    return -0.5 * sq * torch.exp(-2 * log_sigma) - x.shape[1] * (log_sigma + 0.5 * _LOG_2PI)
+            lambda: {"log_marginal": quadrature_log_marginal(model, x, beta_list, grid_batch=grid_batch, **rule,
+                                                             dtype=dtype)},
+            what="quadrature result", redo="integrating")["log_marginal"]
+        return out[0] if single else out
+    n_cells = math.ceil(2 * half_width / spacing)
+    h = 2 * half_width / n_cells
+    axis = -half_width + h * (torch.arange(n_cells, dtype=torch.float64) + 0.5)         # cell centres
+    z = axis[:, None] if d == 1 else torch.cartesian_prod(axis, axis)
+    xf = x.reshape(len(x), -1).to(next(model.parameters()).device, dtype)
+    log_lik, log_wp = (torch.cat(t, -1) for t in zip(*_cell_log_terms(model, xf, z, d * math.log(h), grid_batch)))
+    fine = torch.zeros(len(z), dtype=torch.bool)
+    if refine > 1:
+        for beta in beta_list:                       # the tempered log integrand of each image in each cell
+            fine |= _cells_to_refine(log_lik.double() / beta + log_wp, (n_cells,) * d, threshold, roughness)
+        fine = _dilate(fine.reshape((n_cells,) * d)).flatten()
+    coarse_ll, coarse_lw = log_lik[:, ~fine].double(), log_wp[~fine]
+    total = torch.stack([torch.logsumexp(coarse_ll / beta + coarse_lw, 1) for beta in beta_list])
+    del log_lik, coarse_ll
+    if fine.any():
+        offsets = (h / refine) * (torch.arange(refine, dtype=torch.float64) + 0.5) - h / 2
+        sub = offsets[:, None] if d == 1 else torch.cartesian_prod(offsets, offsets)
+        z_fine = (z[fine][:, None, :] + sub[None]).reshape(-1, d)
+        for ll, lw in _cell_log_terms(model, xf, z_fine, d * math.log(h / refine), grid_batch):
+            ll = ll.double()
+            total = torch.logaddexp(total, torch.stack([torch.logsumexp(ll / beta + lw, 1) for beta in beta_list]))
+    out = torch.tensor(beta_list, dtype=torch.float64)[:, None] * total
+    return out[0] if single else out
 
 
 # ---------------------------------------------------------------------- is the latent space used?
@@ -704,7 +789,7 @@ class VAESettings:
 
 _CHECKPOINT_FORMAT = "helpers.vae checkpoint 2"
 _IWAE_FORMAT = "helpers.vae IWAE estimate 1"
-_QUADRATURE_FORMAT = "helpers.vae quadrature log-likelihood 1"
+_QUADRATURE_FORMAT = "helpers.vae adaptive quadrature 1"
 
 
 def _is_binary(x):

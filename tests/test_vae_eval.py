@@ -18,7 +18,7 @@ from helpers.vae import (
     iwae_log_likelihood,
     iwae_log_weights,
     mlp_vae,
-    quadrature_log_likelihood,
+    quadrature_log_marginal,
     sample_log_weights,
     train_vae,
     training_step,
@@ -161,11 +161,11 @@ def test_quadrature_matches_the_linear_gaussian_closed_form():
     x = marginal.sample(torch.Size([30]))
     exact = marginal.log_prob(x)
     # the posterior std is about 0.3 (along the long axis): h = 0.05 resolves it, the box holds the prior
-    quad = quadrature_log_likelihood(model, x, box=7.0, n_grid=280)
+    quad = quadrature_log_marginal(model, x, half_width=7.0, spacing=0.05, dtype=torch.float64)
     assert quad.shape == (30,) and quad.dtype == D64
     assert torch.allclose(quad, exact, atol=1e-8), (quad - exact).abs().max()
     # too coarse a grid (h = 1.4, several posterior widths) is visibly wrong: the test can fail
-    coarse = quadrature_log_likelihood(model, x, box=7.0, n_grid=10)
+    coarse = quadrature_log_marginal(model, x, half_width=7.0, spacing=1.4, refine=1)
     assert (coarse - exact).abs().max() > 0.05
 
 
@@ -179,9 +179,14 @@ def test_quadrature_of_a_nonlinear_decoder_against_scipy_and_normalised():
         decoder[2].weight.mul_(4.0)            # sharp p(x | z): a posterior narrower than the prior
     model = VAE(enc, decoder, "bernoulli")
     x = binary_states(8)                       # all 256 images
-    log_p = quadrature_log_likelihood(model, x, box=8.0, n_grid=200)      # prior mass outside: 2.5e-15
+    # the uniform midpoint rule (refine=1) on [-8, 8]^2, prior mass outside 2.5e-15
+    log_p = quadrature_log_marginal(model, x, half_width=8.0, spacing=0.08, refine=1, dtype=torch.float64)
     # sum_x p(x | z) = 1 at every grid point: the bookkeeping (log prior, cell area, Bernoulli table) is right
     assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-12)
+    # the adaptive rule: where refined and coarse cells meet, the midpoint errors (h^2/24) f'' no longer
+    # cancel; at h = 0.08 that is h^2/24 = 2.7e-4 times the relative curvature (of order 1 here)
+    adaptive = quadrature_log_marginal(model, x, half_width=8.0, spacing=0.08, refine=4, dtype=torch.float64)
+    assert (adaptive - log_p).abs().max() < 1e-3 and torch.logsumexp(adaptive, 0).abs() < 1e-3
     W1, b1, W2, b2 = (t.detach().numpy() for t in (decoder[0].weight, decoder[0].bias,
                                                   decoder[2].weight, decoder[2].bias))
     for i in (0, 77, 200):                     # the integral itself, by adaptive quadrature (scipy, numpy)
@@ -198,11 +203,11 @@ def test_quadrature_of_a_nonlinear_decoder_against_scipy_and_normalised():
 
 def test_quadrature_refuses_other_latent_dimensions():
     with pytest.raises(ValueError, match="iwae_log_likelihood"):
-        quadrature_log_likelihood(mlp_vae(latent_dim=3, hidden=8), torch.zeros(2, 784))
+        quadrature_log_marginal(mlp_vae(latent_dim=3, hidden=8), torch.zeros(2, 784))
     with pytest.raises(ValueError, match="binary"):
-        quadrature_log_likelihood(mlp_vae(latent_dim=2, hidden=8), torch.full((2, 784), 0.5))
-    with pytest.raises(ValueError, match="n_grid"):
-        quadrature_log_likelihood(mlp_vae(latent_dim=2, hidden=8), torch.zeros(2, 784), n_grid=0)
+        quadrature_log_marginal(mlp_vae(latent_dim=2, hidden=8), torch.full((2, 784), 0.5))
+    with pytest.raises(ValueError, match="spacing"):
+        quadrature_log_marginal(mlp_vae(latent_dim=2, hidden=8), torch.zeros(2, 784), spacing=0.0)
 
 
 def test_iwae_log_weights_are_the_draws_of_iwae_log_likelihood(tmp_path):
@@ -220,7 +225,7 @@ def test_iwae_log_weights_are_the_draws_of_iwae_log_likelihood(tmp_path):
 def test_quadrature_cache(tmp_path):
     model, marginal = linear_gaussian(d=4, sigma=0.5, seed=5)
     x = marginal.sample(torch.Size([6]))
-    a = quadrature_log_likelihood(model, x, box=6.0, n_grid=120, checkpoint=tmp_path / "q.pt")
-    b = quadrature_log_likelihood(model, x, box=6.0, n_grid=120, checkpoint=tmp_path / "q.pt")
-    c = quadrature_log_likelihood(model, x, box=6.0, n_grid=121, checkpoint=tmp_path / "q.pt")   # another grid
+    a = quadrature_log_marginal(model, x, half_width=6.0, spacing=0.1, checkpoint=tmp_path / "q.pt")
+    b = quadrature_log_marginal(model, x, half_width=6.0, spacing=0.1, checkpoint=tmp_path / "q.pt")
+    c = quadrature_log_marginal(model, x, half_width=6.0, spacing=0.099, checkpoint=tmp_path / "q.pt")  # another grid
     assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6) and (tmp_path / "q.pt").exists()
