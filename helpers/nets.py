@@ -22,6 +22,10 @@ What is here now (z is the latent code, written ``h`` in the notes):
   whose optimum is probabilistic PCA (:mod:`helpers.ppca`). For lattices (the
   Ising model) use these or the MLP networks with ``input_dim = L * L``; an
   (batch, L, L) batch is flattened row by row.
+* :class:`MNISTClassifier`: images (batch, 1, 28, 28) -> digit logits (batch, 10), with
+  ``features(x)`` (batch, feature_dim), the penultimate layer the sample-quality metrics use.
+* :class:`DCGANGenerator`: z (batch, latent_dim) -> images (batch, 1, 28, 28) in (0, 1);
+  :class:`DCGANDiscriminator`: images -> logits (batch, 1).
 
 Encoders return the mean and the log-variance (natural log) of a diagonal
 Gaussian q(z | x). Decoders return unnormalised parameters, never
@@ -331,3 +335,139 @@ class LinearDecoder(nn.Module):
     def forward(self, z):
         """``z`` (batch, latent_dim) -> (batch, output_dim)."""
         return self.linear(z)
+
+
+# ---------------------------------------------------------------------- the course's MNIST classifier
+class MNISTClassifier(nn.Module):
+    """A small CNN for MNIST digits, whose penultimate layer is the feature space of the sample-quality metrics.
+
+    (batch, 1, 28, 28) grey levels in [0, 1] -> conv ``width`` (3x3, ReLU) -> max-pool 2 -> 14x14 -> conv
+    ``2 * width`` (3x3, ReLU) -> max-pool 2 -> 7x7 -> flatten -> dense ``feature_dim`` (ReLU): the
+    *features* -> dense 10: the *logits* of the ten digits (no softmax).
+
+    :meth:`features` returns the penultimate layer (batch, feature_dim), the space in which
+    :func:`helpers.metrics.frechet_distance` and :func:`helpers.metrics.precision_recall` compare
+    generated and real images. Trained by :func:`helpers.classifier.train_classifier`.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first convolution (the second has twice as many), >= 1.
+    feature_dim : int
+        Size of the penultimate layer, >= 1.
+    """
+
+    def __init__(self, width: int = 16, feature_dim: int = 64):
+        from ._validate import check_count  # here: importing helpers.nets imports only torch
+
+        super().__init__()
+        self.width, self.feature_dim = check_count("width", width), check_count("feature_dim", feature_dim)
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),              # 28 -> 14
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 14 -> 7
+        )
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 7 * 7, feature_dim), nn.ReLU())
+        self.head = nn.Linear(feature_dim, 10)
+
+    def check_input(self, x):
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor (batch, 1, 28, 28)."""
+        _check_tensor(x, type(self).__name__)
+        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+            hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
+                    if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
+            raise _shape_error(type(self).__name__, "(batch, 1, 28, 28)", x, hint)
+
+    def features(self, x):
+        """``x`` (batch, 1, 28, 28) -> the penultimate layer (batch, feature_dim), non-negative (after ReLU)."""
+        self.check_input(x)
+        return self.dense(self.conv(x))
+
+    def forward(self, x):
+        """``x`` (batch, 1, 28, 28) -> logits (batch, 10)."""
+        return self.head(self.features(x))
+
+
+# ---------------------------------------------------------------------- DCGAN (Radford et al. 2016), small
+class DCGANGenerator(nn.Module):
+    """A small DCGAN generator: z (batch, latent_dim) -> images (batch, 1, 28, 28) in (0, 1).
+
+    z -> dense ``2 * width * 7 * 7`` -> [batch norm] -> ReLU -> (2 width, 7, 7) -> transposed conv
+    ``width`` (4x4, stride 2) -> 14x14 -> [batch norm] -> ReLU -> transposed conv 1 (4x4, stride 2)
+    -> 28x28 -> sigmoid: grey levels, the range of MNIST from :func:`helpers.data.load_mnist`.
+
+    Batch normalisation in the generator (not after its last layer) follows Radford et al. (2016).
+    In training mode it normalises with the statistics of the batch, in evaluation mode
+    (``.eval()``) with running averages; call ``.eval()`` before sampling for images that do not
+    depend on the rest of the batch.
+
+    Parameters
+    ----------
+    latent_dim : int
+        Size of z, >= 1 (z ~ N(0, I)).
+    width : int
+        Channels of the 14x14 layer (the 7x7 layer has twice as many), >= 1.
+    batch_norm : bool
+        Batch normalisation after the hidden layers (default True).
+    """
+
+    def __init__(self, latent_dim: int = 32, width: int = 32, batch_norm: bool = True):
+        from ._validate import check_count  # here: importing helpers.nets imports only torch
+
+        super().__init__()
+        self.latent_dim, self.width = check_count("latent_dim", latent_dim), check_count("width", width)
+        self.batch_norm = bool(batch_norm)
+        norm1 = nn.BatchNorm1d(2 * width * 49) if batch_norm else nn.Identity()
+        norm2 = nn.BatchNorm2d(width) if batch_norm else nn.Identity()
+        self.dense = nn.Sequential(nn.Linear(latent_dim, 2 * width * 49), norm1, nn.ReLU(),
+                                   nn.Unflatten(1, (2 * width, 7, 7)))
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), norm2, nn.ReLU(),   # 7 -> 14
+            nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1), nn.Sigmoid(),               # 14 -> 28
+        )
+
+    def forward(self, z):
+        """``z`` (batch, latent_dim) -> images (batch, 1, 28, 28), grey levels in (0, 1)."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"{type(self).__name__} expects latents of shape (batch, {self.latent_dim}), got {shape}")
+        return self.deconv(self.dense(z))
+
+
+class DCGANDiscriminator(nn.Module):
+    """A small DCGAN discriminator: images (batch, 1, 28, 28) -> logits (batch, 1).
+
+    conv ``width`` (4x4, stride 2, LeakyReLU 0.2) -> 14x14 -> conv ``2 * width`` (4x4, stride 2,
+    LeakyReLU 0.2) -> 7x7 -> flatten -> dense 1. The output is a logit, log D / (1 - D) (apply
+    ``torch.sigmoid`` for the probability D(x) that x is real), or the critic value of a WGAN.
+    No batch normalisation, so each image's output depends on that image alone, as the
+    gradient penalty of WGAN-GP assumes (Gulrajani et al. 2017).
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first convolution (the second has twice as many), >= 1.
+    """
+
+    def __init__(self, width: int = 32):
+        from ._validate import check_count  # here: importing helpers.nets imports only torch
+
+        super().__init__()
+        self.width = check_count("width", width)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),              # 28 -> 14
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),      # 14 -> 7
+            nn.Flatten(), nn.Linear(2 * width * 49, 1),
+        )
+
+    def check_input(self, x):
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor (batch, 1, 28, 28)."""
+        _check_tensor(x, type(self).__name__)
+        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+            hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
+                    if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
+            raise _shape_error(type(self).__name__, "(batch, 1, 28, 28)", x, hint)
+
+    def forward(self, x):
+        """``x`` (batch, 1, 28, 28) -> logits (batch, 1)."""
+        self.check_input(x)
+        return self.net(x)

@@ -208,3 +208,59 @@ def test_mlp_shapes_layers_and_errors():
         MLP(2, 1, depth=-1)
     with pytest.raises(ValueError, match="NaN"):
         net(torch.full((2, 2), float("nan")))
+
+
+# ---------------------------------------------------------------------- the classifier and the DCGAN networks
+def test_classifier_shapes_features_and_forward_written_out():
+    torch.manual_seed(3)
+    clf = nets.MNISTClassifier(width=4, feature_dim=12).double()
+    x = torch.rand(5, *IMAGE_SHAPE, dtype=torch.float64)
+    c1, c2, d1 = clf.conv[0], clf.conv[3], clf.dense[1]
+    h = F.max_pool2d(torch.relu(F.conv2d(x, c1.weight, c1.bias, padding=1)), 2)
+    h = F.max_pool2d(torch.relu(F.conv2d(h, c2.weight, c2.bias, padding=1)), 2)
+    assert h.shape == (5, 8, 7, 7)
+    feats = torch.relu(h.reshape(5, -1) @ d1.weight.T + d1.bias)
+    torch.testing.assert_close(clf.features(x), feats, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(clf(x), feats @ clf.head.weight.T + clf.head.bias, rtol=1e-12, atol=1e-12)
+    assert clf(x).shape == (5, 10) and clf.features(x).shape == (5, 12)
+    assert _n_params(clf) == (4 * 9 + 4) + (8 * 4 * 9 + 8) + (8 * 49 * 12 + 12) + (12 * 10 + 10)
+    with pytest.raises(ValueError, match="x.view\\(-1, 1, 28, 28\\)"):
+        clf(torch.rand(5, 784, dtype=torch.float64))
+
+
+def test_dcgan_generator_makes_grey_level_images_and_checks_latents():
+    torch.manual_seed(4)
+    g = nets.DCGANGenerator(latent_dim=5, width=6).double().eval()
+    z = torch.randn(7, 5, dtype=torch.float64)
+    out = g(z)
+    assert g.latent_dim == 5 and out.shape == (7, *IMAGE_SHAPE)
+    assert ((out > 0) & (out < 1)).all()
+    # written out, in eval mode: fresh batch norm (running mean 0, variance 1) divides by sqrt(1 + eps)
+    lin, t1, t2 = g.dense[0], g.deconv[0], g.deconv[3]
+    s = (1 + 1e-5) ** -0.5
+    h = torch.relu((z @ lin.weight.T + lin.bias) * s).reshape(7, 12, 7, 7)
+    h = torch.relu(F.conv_transpose2d(h, t1.weight, t1.bias, stride=2, padding=1) * s)
+    torch.testing.assert_close(out, torch.sigmoid(F.conv_transpose2d(h, t2.weight, t2.bias, stride=2, padding=1)),
+                               rtol=1e-12, atol=1e-12)
+    plain = nets.DCGANGenerator(5, 6, batch_norm=False)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in plain.modules())
+    with pytest.raises(ValueError, match="shape \\(batch, 5\\)"):
+        g(torch.randn(7, 4, dtype=torch.float64))
+
+
+def test_dcgan_discriminator_returns_one_logit_per_image():
+    torch.manual_seed(5)
+    d = nets.DCGANDiscriminator(width=3).double()
+    x = torch.rand(4, *IMAGE_SHAPE, dtype=torch.float64)
+    c1, c2, lin = d.net[0], d.net[2], d.net[5]
+    h = F.leaky_relu(F.conv2d(x, c1.weight, c1.bias, stride=2, padding=1), 0.2)
+    h = F.leaky_relu(F.conv2d(h, c2.weight, c2.bias, stride=2, padding=1), 0.2)
+    assert h.shape == (4, 6, 7, 7)
+    torch.testing.assert_close(d(x), h.reshape(4, -1) @ lin.weight.T + lin.bias, rtol=1e-12, atol=1e-12)
+    assert d(x).shape == (4, 1)
+    # each image's logit depends on that image alone (no batch statistics): WGAN-GP's assumption
+    torch.testing.assert_close(d(x[:1]), d(x)[:1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="\\(batch, 1, 28, 28\\)"):
+        d(torch.rand(4, 28, 28, dtype=torch.float64))
+    with pytest.raises(ValueError, match="width must be"):
+        nets.DCGANDiscriminator(width=0)
