@@ -36,12 +36,14 @@ class ClassifierSettings:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
+    final_lr_fraction: float = 1.0
 
     def __post_init__(self):
         check_count("n_epochs", self.n_epochs)
         check_count("batch_size", self.batch_size)
         check_count("seed", self.seed, 0)
         check_real("lr", self.lr, 0, low_ok=False)
+        check_real("final_lr_fraction", self.final_lr_fraction, 0, 1, low_ok=False)
 
 
 def check_images(x, who: str = "images") -> torch.Tensor:
@@ -116,7 +118,9 @@ def train_classifier(model: nn.Module, x_train, y_train, x_test=None, y_test=Non
         Scored after every epoch (``test_accuracy`` in the history).
     **settings
         The fields of :class:`ClassifierSettings`: ``n_epochs``, ``batch_size`` (128), ``lr`` (Adam,
-        1e-3), ``seed`` (0; the batch order). The same seed and initial weights give the same weights.
+        1e-3), ``seed`` (0; the batch order), ``final_lr_fraction`` (1: a constant learning rate; below 1
+        the rate decays geometrically, step by step, from ``lr`` at the first step to
+        ``lr * final_lr_fraction`` at the last). The same seed and initial weights give the same weights.
     progress : bool
         The tqdm bar of :func:`helpers.train.fit`.
     checkpoint : path, optional
@@ -143,8 +147,14 @@ def train_classifier(model: nn.Module, x_train, y_train, x_test=None, y_test=Non
     gen = torch.Generator(device=device).manual_seed(s.seed)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     params = list(model.parameters())
+    n_steps = s.n_epochs * -(-len(x_train) // s.batch_size)
+    steps_done = 0
 
     def step(idx):
+        nonlocal steps_done
+        for group in opt.param_groups:
+            group["lr"] = s.lr * s.final_lr_fraction ** (steps_done / max(n_steps - 1, 1))
+        steps_done += 1
         model.train()
         logits = model(x_train[idx])
         loss = F.cross_entropy(logits, y_train[idx])

@@ -71,3 +71,31 @@ def test_check_images_names_the_fix():
     with pytest.raises(TypeError, match="torch.as_tensor"):
         check_images([[0.0] * 784])
     assert check_images(torch.zeros(3, 784)).shape == (3, 1, 28, 28)
+
+
+def test_training_equals_a_hand_written_adam_loop_with_the_decaying_rate():
+    """The same batches (helpers.train.minibatches from the same seed), cross-entropy, Adam, and the learning
+    rate lr * fraction ** (t / (T - 1)) at step t of T: the same weights."""
+    import torch.nn.functional as F
+
+    from helpers.train import minibatches
+
+    x, y = _blocks(100, 3)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    ref.load_state_dict(model.state_dict())
+    train_classifier(model, x, y, n_epochs=3, batch_size=16, lr=1e-2, final_lr_fraction=0.1, seed=4, progress=False)
+    opt, g, t, n_steps = torch.optim.Adam(ref.parameters(), lr=1e-2), torch.Generator().manual_seed(4), 0, 3 * 7
+    for _ in range(3):
+        for idx in minibatches(100, 16, g):
+            opt.param_groups[0]["lr"] = 1e-2 * 0.1 ** (t / (n_steps - 1))
+            t += 1
+            opt.zero_grad()
+            F.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="final_lr_fraction"):
+        train_classifier(model, x, y, n_epochs=1, final_lr_fraction=0.0, progress=False)
