@@ -341,13 +341,16 @@ class LinearDecoder(nn.Module):
 class MNISTClassifier(nn.Module):
     """A small CNN for MNIST digits, whose penultimate layer is the feature space of the sample-quality metrics.
 
-    (batch, 1, 28, 28) grey levels in [0, 1] -> conv ``width`` (3x3, ReLU) -> max-pool 2 -> 14x14 -> conv
-    ``2 * width`` (3x3, ReLU) -> max-pool 2 -> 7x7 -> flatten -> dense ``feature_dim`` (ReLU): the
-    *features* -> dense 10: the *logits* of the ten digits (no softmax).
+    (batch, 1, 28, 28) grey levels in [0, 1] -> conv ``width`` (3x3) -> [batch norm] -> ReLU -> max-pool 2
+    -> 14x14 -> conv ``2 * width`` (3x3) -> [batch norm] -> ReLU -> max-pool 2 -> 7x7 -> flatten -> dense
+    ``feature_dim`` (ReLU): the *features* -> dense 10: the *logits* of the ten digits (no softmax).
 
     :meth:`features` returns the penultimate layer (batch, feature_dim), the space in which
     :func:`helpers.metrics.frechet_distance` and :func:`helpers.metrics.precision_recall` compare
-    generated and real images. Trained by :func:`helpers.classifier.train_classifier`.
+    generated and real images. Trained by :func:`helpers.classifier.train_classifier`. Batch
+    normalisation (default) makes a few epochs enough; in evaluation mode (``.eval()``, as the
+    metrics use it) it applies fixed running statistics, so each image's features depend on that
+    image alone.
 
     Parameters
     ----------
@@ -355,16 +358,23 @@ class MNISTClassifier(nn.Module):
         Channels of the first convolution (the second has twice as many), >= 1.
     feature_dim : int
         Size of the penultimate layer, >= 1.
+    batch_norm : bool
+        Batch normalisation after each convolution (default True).
     """
 
-    def __init__(self, width: int = 16, feature_dim: int = 64):
+    def __init__(self, width: int = 16, feature_dim: int = 64, batch_norm: bool = True):
         from ._validate import check_count  # here: importing helpers.nets imports only torch
 
         super().__init__()
         self.width, self.feature_dim = check_count("width", width), check_count("feature_dim", feature_dim)
+        self.batch_norm = bool(batch_norm)
+
+        def norm(c):
+            return nn.BatchNorm2d(c) if batch_norm else nn.Identity()
+
         self.conv = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),              # 28 -> 14
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 14 -> 7
+            nn.Conv2d(1, width, 3, padding=1), norm(width), nn.ReLU(), nn.MaxPool2d(2),                # 28 -> 14
+            nn.Conv2d(width, 2 * width, 3, padding=1), norm(2 * width), nn.ReLU(), nn.MaxPool2d(2),    # 14 -> 7
         )
         self.dense = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 7 * 7, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, 10)

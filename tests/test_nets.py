@@ -213,17 +213,21 @@ def test_mlp_shapes_layers_and_errors():
 # ---------------------------------------------------------------------- the classifier and the DCGAN networks
 def test_classifier_shapes_features_and_forward_written_out():
     torch.manual_seed(3)
-    clf = nets.MNISTClassifier(width=4, feature_dim=12).double()
+    clf = nets.MNISTClassifier(width=4, feature_dim=12).double().eval()
     x = torch.rand(5, *IMAGE_SHAPE, dtype=torch.float64)
-    c1, c2, d1 = clf.conv[0], clf.conv[3], clf.dense[1]
-    h = F.max_pool2d(torch.relu(F.conv2d(x, c1.weight, c1.bias, padding=1)), 2)
-    h = F.max_pool2d(torch.relu(F.conv2d(h, c2.weight, c2.bias, padding=1)), 2)
+    c1, c2, d1 = clf.conv[0], clf.conv[4], clf.dense[1]
+    s = (1 + 1e-5) ** -0.5               # fresh batch norm in eval mode: (x - 0) / sqrt(1 + eps), weight 1, bias 0
+    h = F.max_pool2d(torch.relu(s * F.conv2d(x, c1.weight, c1.bias, padding=1)), 2)
+    h = F.max_pool2d(torch.relu(s * F.conv2d(h, c2.weight, c2.bias, padding=1)), 2)
     assert h.shape == (5, 8, 7, 7)
     feats = torch.relu(h.reshape(5, -1) @ d1.weight.T + d1.bias)
     torch.testing.assert_close(clf.features(x), feats, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(clf(x), feats @ clf.head.weight.T + clf.head.bias, rtol=1e-12, atol=1e-12)
     assert clf(x).shape == (5, 10) and clf.features(x).shape == (5, 12)
-    assert _n_params(clf) == (4 * 9 + 4) + (8 * 4 * 9 + 8) + (8 * 49 * 12 + 12) + (12 * 10 + 10)
+    n_conv = (4 * 9 + 4) + (8 * 4 * 9 + 8) + (12 * 10 + 10) + (8 * 49 * 12 + 12)
+    assert _n_params(clf) == n_conv + 2 * (4 + 8)                         # batch norm: a scale and a shift per channel
+    assert _n_params(nets.MNISTClassifier(4, 12, batch_norm=False)) == n_conv
+    torch.testing.assert_close(clf.features(x[:2]), clf.features(x)[:2])  # eval mode: no batch statistics
     with pytest.raises(ValueError, match="x.view\\(-1, 1, 28, 28\\)"):
         clf(torch.rand(5, 784, dtype=torch.float64))
 
