@@ -304,3 +304,24 @@ def test_theory_refuses_bad_grids():
     p = Normal(0.0, 1.0).log_prob(x).exp()
     with pytest.raises(ValueError, match="probabilities in \\[0, 1\\]"):
         game_value(torch.full_like(x, 1.5), p, p, x)
+
+
+def test_wgan_gp_critic_reaches_its_closed_form_optimum():
+    # real data at 0, fakes at 3: interpolates are uniform on [0, 3] and the critic's loss
+    # c(3) - c(0) + lam/3 int_0^3 (|c'| - 1)^2 dt is minimised pointwise by the constant slope c' = -(1 + 3 / (2 lam)).
+    # With lam = 1: slope -2.5, E c(real) - E c(fake) = 7.5, penalty (k - 1)^2 = 2.25, loss -7.5 + 2.25 = -5.25.
+    torch.manual_seed(0)
+    g = MLP(1, 1, depth=0)
+    with torch.no_grad():
+        g.net[0].weight.zero_()
+        g.net[0].bias.fill_(3.0)
+    critic = MLP(1, 1, 32, 2, "leaky_relu")
+    opt = torch.optim.Adam(critic.parameters(), lr=3e-3, betas=(0.5, 0.9))
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(1000):
+        terms = discriminator_step(g, critic, opt, torch.zeros(256, 1), rng, loss="wgan_gp", gp_weight=1.0)
+    with torch.no_grad():
+        c = critic(torch.linspace(0, 3, 7)[:, None]).squeeze(1)
+    assert torch.allclose(c.diff() / 0.5, torch.full((6,), -2.5), atol=0.1)      # linear with slope -2.5
+    assert terms["loss_d"] == pytest.approx(-5.25, abs=0.05)
+    assert terms["d_real"] - terms["d_fake"] == pytest.approx(7.5, rel=0.02)
