@@ -341,9 +341,11 @@ class LinearDecoder(nn.Module):
 class MNISTClassifier(nn.Module):
     """A small CNN for MNIST digits, whose penultimate layer is the feature space of the sample-quality metrics.
 
-    (batch, 1, 28, 28) grey levels in [0, 1] -> conv ``width`` (3x3) -> [batch norm] -> ReLU -> max-pool 2
-    -> 14x14 -> conv ``2 * width`` (3x3) -> [batch norm] -> ReLU -> max-pool 2 -> 7x7 -> flatten -> dense
-    ``feature_dim`` (ReLU): the *features* -> dense 10: the *logits* of the ten digits (no softmax).
+    (batch, 1, 28, 28) grey levels in [0, 1] -> three blocks of conv (3x3, padding 1) -> [batch norm] ->
+    ReLU -> max-pool 2, with ``width``, ``2 * width`` and ``4 * width`` channels: 28 -> 14 -> 7 -> 3 ->
+    flatten -> dense ``feature_dim`` (ReLU): the *features* -> dense 10: the *logits* of the ten digits
+    (no softmax). The third block matters: with two blocks (16 and 32 channels, or 24 and 48) the same
+    training stayed below 99% test accuracy in our trials, with three it passed 99% after two epochs.
 
     :meth:`features` returns the penultimate layer (batch, feature_dim), the space in which
     :func:`helpers.metrics.frechet_distance` and :func:`helpers.metrics.precision_recall` compare
@@ -375,8 +377,9 @@ class MNISTClassifier(nn.Module):
         self.conv = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), norm(width), nn.ReLU(), nn.MaxPool2d(2),                # 28 -> 14
             nn.Conv2d(width, 2 * width, 3, padding=1), norm(2 * width), nn.ReLU(), nn.MaxPool2d(2),    # 14 -> 7
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), norm(4 * width), nn.ReLU(), nn.MaxPool2d(2),  # 7 -> 3
         )
-        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 7 * 7, feature_dim), nn.ReLU())
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 3 * 3, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, 10)
 
     def check_input(self, x):

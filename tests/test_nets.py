@@ -215,17 +215,18 @@ def test_classifier_shapes_features_and_forward_written_out():
     torch.manual_seed(3)
     clf = nets.MNISTClassifier(width=4, feature_dim=12).double().eval()
     x = torch.rand(5, *IMAGE_SHAPE, dtype=torch.float64)
-    c1, c2, d1 = clf.conv[0], clf.conv[4], clf.dense[1]
+    c1, c2, c3, d1 = clf.conv[0], clf.conv[4], clf.conv[8], clf.dense[1]
     s = (1 + 1e-5) ** -0.5               # fresh batch norm in eval mode: (x - 0) / sqrt(1 + eps), weight 1, bias 0
     h = F.max_pool2d(torch.relu(s * F.conv2d(x, c1.weight, c1.bias, padding=1)), 2)
     h = F.max_pool2d(torch.relu(s * F.conv2d(h, c2.weight, c2.bias, padding=1)), 2)
-    assert h.shape == (5, 8, 7, 7)
+    h = F.max_pool2d(torch.relu(s * F.conv2d(h, c3.weight, c3.bias, padding=1)), 2)
+    assert h.shape == (5, 16, 3, 3)
     feats = torch.relu(h.reshape(5, -1) @ d1.weight.T + d1.bias)
     torch.testing.assert_close(clf.features(x), feats, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(clf(x), feats @ clf.head.weight.T + clf.head.bias, rtol=1e-12, atol=1e-12)
     assert clf(x).shape == (5, 10) and clf.features(x).shape == (5, 12)
-    n_conv = (4 * 9 + 4) + (8 * 4 * 9 + 8) + (12 * 10 + 10) + (8 * 49 * 12 + 12)
-    assert _n_params(clf) == n_conv + 2 * (4 + 8)                         # batch norm: a scale and a shift per channel
+    n_conv = (4 * 9 + 4) + (8 * 4 * 9 + 8) + (16 * 8 * 9 + 16) + (16 * 9 * 12 + 12) + (12 * 10 + 10)
+    assert _n_params(clf) == n_conv + 2 * (4 + 8 + 16)          # batch norm: a scale and a shift per channel
     assert _n_params(nets.MNISTClassifier(4, 12, batch_norm=False)) == n_conv
     torch.testing.assert_close(clf.features(x[:2]), clf.features(x)[:2])  # eval mode: no batch statistics
     with pytest.raises(ValueError, match="x.view\\(-1, 1, 28, 28\\)"):
