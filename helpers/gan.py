@@ -271,17 +271,21 @@ def _check_networks(generator, discriminator, x_train):
         raise ValueError(f"x_train must be a batch (n, ...) with n >= 1, got shape {tuple(x_train.shape)}; "
                          "use x[:, None] for n scalars")
     probe = x_train[:2].to(_device_of(discriminator))
+    modes = generator.training, discriminator.training
+    generator.eval(), discriminator.eval()          # the probes must not touch batch-norm statistics
     try:
         with torch.no_grad():
-            out = discriminator(probe)
-    except (ValueError, RuntimeError) as err:
-        raise ValueError(f"the discriminator cannot take the data: x_train has rows of shape "
-                         f"{tuple(x_train.shape[1:])} ({err})") from None
+            try:
+                out = discriminator(probe)
+            except (ValueError, RuntimeError) as err:
+                raise ValueError(f"the discriminator cannot take the data: x_train has rows of shape "
+                                 f"{tuple(x_train.shape[1:])} ({err})") from None
+            fake = generator(torch.zeros(2, latent_dim_of(generator), device=_device_of(generator)))
+    finally:
+        generator.train(modes[0]), discriminator.train(modes[1])
     if tuple(out.shape) != (len(probe), 1):
         raise ValueError(f"the discriminator must return one logit per sample, shape (batch, 1); on a batch of "
                          f"{len(probe)} it returned {tuple(out.shape)}")
-    with torch.no_grad():
-        fake = generator(torch.zeros(2, latent_dim_of(generator), device=_device_of(generator)))
     if tuple(fake.shape[1:]) != tuple(x_train.shape[1:]):
         raise ValueError(f"the generator makes samples of shape {tuple(fake.shape[1:])} but the rows of x_train "
                          f"have shape {tuple(x_train.shape[1:])}; they must match")

@@ -325,3 +325,13 @@ def test_wgan_gp_critic_reaches_its_closed_form_optimum():
     assert torch.allclose(c.diff() / 0.5, torch.full((6,), -2.5), atol=0.1)      # linear with slope -2.5
     assert terms["loss_d"] == pytest.approx(-5.25, abs=0.05)
     assert terms["d_real"] - terms["d_fake"] == pytest.approx(7.5, rel=0.02)
+
+
+def test_input_checks_leave_batch_norm_statistics_and_modes_alone():
+    torch.manual_seed(0)
+    d = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    with pytest.raises(ValueError, match="generator makes samples of shape"):
+        train_gan(MLP(2, 3), d, ring() + 5.0, n_epochs=1, progress=False)     # fails after probing both networks
+    assert all(torch.equal(before[k], v) for k, v in d.state_dict().items())
+    assert d.training
