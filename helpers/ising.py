@@ -30,8 +30,8 @@ i.i.d. samples :func:`exact_samples`), Onsager's infinite-lattice results
 (:func:`onsager_energy`, :func:`onsager_magnetization`), and a seeded, cached
 data set generator (:func:`ising_dataset`). For generative models of lattices:
 :func:`ordered_state_fractions` (how often each ordered state appears, the
-physical measure of mode collapse) and :class:`SpinGenerator` (a network whose
-outputs are +-1 spins, for GANs).
+physical measure of mode collapse); a GAN generator of +-1 lattices is
+:class:`helpers.nets.SpinGenerator`.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ __all__ = [
     "exact_observables", "MAX_EXACT_L", "elliptic_k", "onsager_energy", "onsager_magnetization",
     "IsingSamples", "ising_dataset", "default_cache_dir",
     "spin_correlation", "sample_observables", "all_lattices", "exact_log_prob", "exact_samples",
-    "ordered_state_fractions", "SpinGenerator",
+    "ordered_state_fractions",
 ]
 
 #: Onsager's critical temperature 2 / ln(1 + sqrt 2) = 2.26918531... (units of J / k_B).
@@ -909,56 +909,3 @@ def ordered_state_fractions(spins) -> dict:
         out[name] = (f, math.sqrt(f * (1 - f) / n))
     out["n"] = n
     return out
-
-
-class SpinGenerator(torch.nn.Module):
-    """A GAN generator of +-1 lattices: z (batch, latent_dim) -> spins (batch, L * L), rows in row-major order.
-
-    A network maps the latent vector to one pre-activation ``a_i`` per site; the spins are
-    ``t = tanh(a)`` made discrete in one of two ways:
-
-    * ``binarize="straight_through"`` (default): the forward pass returns ``sign(t)``, exactly
-      +-1 (``t = 0`` counts as +1), so the discriminator never sees a non-binary value; the
-      backward pass uses the derivative of ``tanh`` as if the sign were not there (the
-      straight-through estimator, Bengio, Leonard & Courville 2013): a biased gradient of
-      the sample's loss, but one that points where a larger ``|a|`` would move it;
-    * ``binarize="tanh"``: the forward pass returns ``t`` itself, in (-1, 1); the sign is
-      taken only when sampling (``torch.where(x >= 0, 1, -1)``). The discriminator can then
-      tell generated from real lattices by values that are not +-1 alone.
-
-    Parameters
-    ----------
-    net : torch.nn.Module
-        (batch, latent_dim) -> (batch, L * L) pre-activations, e.g. ``helpers.nets.MLP``.
-    latent_dim : int
-        Size of z (>= 1); GAN trainers draw z ~ N(0, I) of this size.
-    L : int
-        Lattice side (>= 2); the output has L * L columns.
-    binarize : {"straight_through", "tanh"}
-    """
-
-    def __init__(self, net: torch.nn.Module, latent_dim: int, L: int, binarize: str = "straight_through"):
-        from ._validate import check_choice
-
-        super().__init__()
-        if not isinstance(net, torch.nn.Module):
-            raise TypeError(f"net must be a torch.nn.Module mapping (batch, latent_dim) to (batch, L * L), "
-                            f"got {type(net).__name__}")
-        self.net = net
-        self.latent_dim, self.L = _check_count("latent_dim", latent_dim), _check_count("L", L, 2)
-        self.binarize = check_choice("binarize", binarize, ("straight_through", "tanh"))
-
-    def forward(self, z):
-        """``z`` (batch, latent_dim) -> spins (batch, L * L): +-1 (straight-through) or in (-1, 1) (tanh)."""
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must be a tensor of shape (batch, {self.latent_dim}), got "
-                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-        a = self.net(z)
-        if a.shape != (z.shape[0], self.L * self.L):
-            raise ValueError(f"net returned shape {tuple(a.shape)}, expected ({z.shape[0]}, {self.L * self.L}) "
-                             f"(one pre-activation per site of the {self.L} x {self.L} lattice)")
-        t = torch.tanh(a)
-        if self.binarize == "tanh":
-            return t
-        spins = torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
-        return spins + (t - t.detach())       # value: exactly the spins (t - t is 0); gradient: that of tanh

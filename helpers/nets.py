@@ -17,6 +17,9 @@ What is here now (z is the latent code, written ``h`` in the notes):
 * :class:`MLP`: a plain fully connected network (batch, in_dim) -> (batch,
   out_dim), for low-dimensional toy data (a 1-D or 2-D GAN's generator and
   discriminator, a 2-D energy or score network).
+* :class:`SpinGenerator`: a GAN generator of +-1 lattices, z (batch,
+  latent_dim) -> (batch, L * L) exact spins (straight-through sign of tanh)
+  or tanh values, around any network (e.g. :class:`MLP`).
 * :class:`LinearEncoder` and :class:`LinearDecoder`: the linear-Gaussian VAE
   (mu = x A^T + c with a learned, input-independent logvar; z -> z W^T + b),
   whose optimum is probabilistic PCA (:mod:`helpers.ppca`). For lattices (the
@@ -66,6 +69,16 @@ def _shape_error(who: str, expected: str, x: torch.Tensor, hint: str = "") -> Va
     """The ``ValueError`` for a batch of the wrong shape: expected, got, and an optional hint."""
     return ValueError(f"{who} expects a batch of shape {expected}, got {tuple(x.shape)}"
                       + (f"; {hint}" if hint else ""))
+
+
+def _check_images(x, who: str) -> None:
+    """Raise unless ``x`` is a finite float batch of MNIST images (batch, 1, 28, 28); the message
+    says how to reshape flat (batch, 784) rows."""
+    _check_tensor(x, who)
+    if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+        hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
+                if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
+        raise _shape_error(who, "(batch, 1, 28, 28)", x, hint)
 
 
 # ---------------------------------------------------------------------- MLP
@@ -162,11 +175,7 @@ class ConvEncoder(nn.Module):
 
     def check_input(self, x):
         """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor (batch, 1, 28, 28)."""
-        _check_tensor(x, type(self).__name__)
-        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
-            hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
-                    if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
-            raise _shape_error(type(self).__name__, "(batch, 1, 28, 28)", x, hint)
+        _check_images(x, type(self).__name__)
 
     def forward(self, x):
         """``x`` (batch, 1, 28, 28) -> ``(mu, logvar)``, each (batch, latent_dim)."""
@@ -251,6 +260,59 @@ class MLP(nn.Module):
         """``x`` (batch, in_dim) -> (batch, out_dim)."""
         self.check_input(x)
         return self.net(x)
+
+
+class SpinGenerator(nn.Module):
+    """A GAN generator of +-1 lattices: z (batch, latent_dim) -> spins (batch, L * L), rows in row-major order.
+
+    A network maps the latent vector to one pre-activation ``a_i`` per site; the spins are
+    ``t = tanh(a)`` made discrete in one of two ways:
+
+    * ``binarize="straight_through"`` (default): the forward pass returns ``sign(t)``, exactly
+      +-1 (``t = 0`` counts as +1), so the discriminator never sees a non-binary value; the
+      backward pass uses the derivative of ``tanh`` as if the sign were not there (the
+      straight-through estimator, Bengio, Leonard & Courville 2013): a biased gradient of
+      the sample's loss, but one that points where a larger ``|a|`` would move it;
+    * ``binarize="tanh"``: the forward pass returns ``t`` itself, in (-1, 1); the sign is
+      taken only when sampling (``torch.where(x >= 0, 1, -1)``). The discriminator can then
+      tell generated from real lattices by values that are not +-1 alone.
+
+    Parameters
+    ----------
+    net : nn.Module
+        (batch, latent_dim) -> (batch, L * L) pre-activations, e.g. ``helpers.nets.MLP``.
+    latent_dim : int
+        Size of z (>= 1); GAN trainers draw z ~ N(0, I) of this size.
+    L : int
+        Lattice side (>= 2); the output has L * L columns.
+    binarize : {"straight_through", "tanh"}
+    """
+
+    def __init__(self, net: nn.Module, latent_dim: int, L: int, binarize: str = "straight_through"):
+        from ._validate import check_choice, check_count  # here: importing helpers.nets imports only torch
+
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module mapping (batch, latent_dim) to (batch, L * L), "
+                            f"got {type(net).__name__}")
+        self.net = net
+        self.latent_dim, self.L = check_count("latent_dim", latent_dim), check_count("L", L, 2)
+        self.binarize = check_choice("binarize", binarize, ("straight_through", "tanh"))
+
+    def forward(self, z):
+        """``z`` (batch, latent_dim) -> spins (batch, L * L): +-1 (straight-through) or in (-1, 1) (tanh)."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be a tensor of shape (batch, {self.latent_dim}), got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        a = self.net(z)
+        if a.shape != (z.shape[0], self.L * self.L):
+            raise ValueError(f"net returned shape {tuple(a.shape)}, expected ({z.shape[0]}, {self.L * self.L}) "
+                             f"(one pre-activation per site of the {self.L} x {self.L} lattice)")
+        t = torch.tanh(a)
+        if self.binarize == "tanh":
+            return t
+        spins = torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
+        return spins + (t - t.detach())       # value: exactly the spins (t - t is 0); gradient: that of tanh
 
 
 # ---------------------------------------------------------------------- linear (the linear-Gaussian VAE)
@@ -384,11 +446,7 @@ class MNISTClassifier(nn.Module):
 
     def check_input(self, x):
         """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor (batch, 1, 28, 28)."""
-        _check_tensor(x, type(self).__name__)
-        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
-            hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
-                    if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
-            raise _shape_error(type(self).__name__, "(batch, 1, 28, 28)", x, hint)
+        _check_images(x, type(self).__name__)
 
     def features(self, x):
         """``x`` (batch, 1, 28, 28) -> the penultimate layer (batch, feature_dim), non-negative (after ReLU)."""
@@ -474,11 +532,7 @@ class DCGANDiscriminator(nn.Module):
 
     def check_input(self, x):
         """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float tensor (batch, 1, 28, 28)."""
-        _check_tensor(x, type(self).__name__)
-        if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
-            hint = ("reshape flat images with x.view(-1, 1, 28, 28) or load them with load_mnist(..., flat=False)"
-                    if x.dim() == 2 and x.shape[1] == 784 else "the network is built for 28 x 28 MNIST images")
-            raise _shape_error(type(self).__name__, "(batch, 1, 28, 28)", x, hint)
+        _check_images(x, type(self).__name__)
 
     def forward(self, x):
         """``x`` (batch, 1, 28, 28) -> logits (batch, 1)."""

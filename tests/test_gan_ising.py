@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from helpers.ising import SpinGenerator, ordered_state_fractions
+from helpers.ising import ordered_state_fractions
+from helpers.nets import SpinGenerator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
