@@ -152,7 +152,8 @@ def fit(step: Callable[[torch.Tensor], dict], n_examples: int, *, n_epochs: int,
     shuffle : bool
         A new random order every epoch (else the data order).
     evaluate : callable ``epoch -> dict``, optional
-        After each epoch (not timed): metrics to record, floats or None.
+        After each epoch (not timed): metrics to record, usually floats or None; any value the
+        checkpoint can hold (tensors, lists of floats) is kept as it is, e.g. a snapshot of samples.
     progress, desc, show
         The tqdm bar, its label, and the history keys shown next to it.
     hint : str
