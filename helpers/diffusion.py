@@ -57,7 +57,7 @@ __all__ = ["Schedule", "linear_schedule", "cosine_schedule", "q_marginal", "q_sa
            "predict_x0", "score_from_noise", "noise_from_score", "tweedie_mean", "noise_prediction_loss",
            "elbo_weights", "Bound", "variational_bound", "training_step", "DiffusionSettings", "train_diffusion",
            "Samples", "ancestral_sample", "ddim_timesteps", "ddim_sample", "GaussianMixture",
-           "ExactNoisePredictor", "images_to_model", "images_from_model", "VARIANCES"]
+           "ExactNoisePredictor", "images_to_model", "images_from_model", "dequantize", "bits_per_dim", "VARIANCES"]
 
 #: The reverse-step variances sigma_t^2 of :func:`ancestral_sample`: beta_t, or the posterior's beta_tilde_t.
 VARIANCES = ("beta", "posterior")
@@ -950,3 +950,38 @@ def images_from_model(x: torch.Tensor) -> torch.Tensor:
     """The model's scale back to grey levels: (x + 1) / 2 clamped to [0, 1] (samples may overshoot slightly)."""
     _check_images(x, "images_from_model")
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None, levels: int = 256) -> torch.Tensor:
+    """Grey levels k / (levels - 1) (as ``helpers.data.load_mnist`` gives them) -> (k + u) / levels, u ~ U(0, 1).
+
+    Uniform dequantization (Theis, van den Oord & Bethge 2016): a continuous density p on [0, 1)^d fitted to
+    the dequantized images bounds the probability of the discrete ones, log P(k) >= E_u log p((k + u) / levels)
+    - d log levels (Jensen), so a continuous bound becomes a bound on a discrete likelihood
+    (:func:`bits_per_dim`). ``x`` (n, ...) in [0, 1] on the grid k / (levels - 1) -> same shape in [0, 1).
+    """
+    _check_tensor(x, "dequantize")
+    levels = check_count("levels", levels, 2)
+    k = x * (levels - 1)
+    if (k - k.round()).abs().max() > 1e-3 or x.min() < 0 or x.max() > 1:
+        raise ValueError(f"dequantize expects grey levels k / {levels - 1} with integer k in 0..{levels - 1} "
+                         "(e.g. helpers.data.load_mnist(binarize=None)); these are not on that grid")
+    return (k.round() + torch.rand(x.shape, generator=check_generator(generator), dtype=x.dtype)
+            .to(x.device)) / levels
+
+
+def bits_per_dim(nats: torch.Tensor | float, n_dims: int, levels: int = 256) -> float:
+    """A bound on -log p(x) of dequantized images in the model's scale [-1, 1], in bits per dimension.
+
+    For x = 2 y - 1 with y = (k + u) / levels (:func:`dequantize`, :func:`images_to_model`),
+    -log P(k) <= E[-log p_x(x)] - d log 2 + d log levels, so
+
+        bits/dim = (nats + d log(levels / 2)) / (d log 2),
+
+    with ``nats`` the mean bound over images (e.g. ``variational_bound(...).total.mean()``) and d = ``n_dims``
+    (784 for MNIST). A model uniform on [-1, 1]^d scores log2(levels) = 8 bits. This is a bound on the
+    likelihood of the 256-level grey images; it is not comparable with nats per binarized image.
+    """
+    n_dims, levels = check_count("n_dims", n_dims), check_count("levels", levels, 2)
+    value = float(nats.mean()) if isinstance(nats, torch.Tensor) else check_real("nats", nats)
+    return (value + n_dims * math.log(levels / 2)) / (n_dims * math.log(2))

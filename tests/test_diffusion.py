@@ -21,9 +21,11 @@ from helpers.diffusion import (
     GaussianMixture,
     Schedule,
     ancestral_sample,
+    bits_per_dim,
     cosine_schedule,
     ddim_sample,
     ddim_timesteps,
+    dequantize,
     elbo_weights,
     images_from_model,
     images_to_model,
@@ -478,9 +480,13 @@ def test_a_small_network_learns_the_score_of_a_1d_mixture():
     # the floor: the exact predictor's loss on the same data (any network's expected loss is above it)
     floor = noise_prediction_loss(ExactNoisePredictor(mix, s), s, x.double(), torch.Generator().manual_seed(17))
     assert history["loss"][-1] < floor.item() + 0.05
-    for t in (30, 40):                                        # alpha_bar 0.40 and 0.19
-        learned, gauss = score_error(net, mix, s, t)
-        assert learned < 0.5 * gauss and learned < 0.25, (t, learned, gauss)
+    # relative RMS score error under q_t, against the best Gaussian fit (which cannot be bimodal); measured
+    # over 5 seeds of data, weights and training: 0.31-0.36 (Gaussian 0.78) at t = 20 (alpha_bar 0.67),
+    # 0.10-0.17 (Gaussian 0.47) at t = 30 (alpha_bar 0.40); the untrained network: ~1
+    learned, gauss = score_error(net, mix, s, 20)
+    assert learned < 0.6 * gauss, (learned, gauss)
+    learned, gauss = score_error(net, mix, s, 30)
+    assert learned < 0.5 * gauss and learned < 0.25, (learned, gauss)
     assert before > 0.9
 
 
@@ -557,3 +563,19 @@ def test_images_are_checked_and_scaled_to_minus_one_one():
         images_to_model(x.reshape(5, 784))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):                 # training on unscaled images
         train_diffusion(nn.Conv2d(1, 1, 3, padding=1), x * 3, short_schedule(20), n_epochs=1)
+
+
+def test_dequantization_and_bits_per_dimension():
+    k = torch.randint(0, 256, (2000, 1, 4, 4), generator=torch.Generator().manual_seed(20))
+    y = dequantize(k / 255, torch.Generator().manual_seed(21))
+    assert torch.equal((y * 256).floor().long(), k) and y.min() >= 0 and y.max() < 1
+    u = y * 256 - k                                                     # the dequantization noise: U(0, 1)
+    assert abs(u.mean().item() - 0.5) < 4 * math.sqrt(1 / 12 / u.numel())
+    with pytest.raises(ValueError, match="grid"):
+        dequantize(torch.full((2, 3), 0.1234))
+    # a density uniform on [-1, 1]^d: -log p = d log 2 nats, which is 8 bits per dimension of 256 levels
+    d = 784
+    assert bits_per_dim(d * math.log(2), d) == pytest.approx(8.0)
+    # the exact model of a discrete law: data k uniform on {0, 1} with levels = 2 -> 1 bit, i.e. the
+    # continuous density 1/2 per unit on [-1, 1] again
+    assert bits_per_dim(torch.full((5,), 3 * math.log(2)), 3, levels=2) == pytest.approx(1.0)
