@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -415,14 +416,17 @@ class Bound(NamedTuple):
 
 @torch.no_grad()
 def variational_bound(model: Callable, schedule: Schedule, x0: torch.Tensor, *, variance: str = "beta",
-                      generator: torch.Generator | None = None) -> Bound:
+                      n_timesteps: int | None = None, generator: torch.Generator | None = None) -> Bound:
     """The negative ELBO of a diffusion model, -log p_theta(x_0) <= L_T + sum_{t>=2} L_{t-1} + L_0, in nats.
 
-    Every one of the T terms is computed for every sample (T network evaluations per sample, one x_t
-    drawn per t), so the result is an unbiased estimate of the bound; its spread over draws is small
-    compared with the bound itself. The density is continuous (units: nats per sample for x_0 in the
-    model's units): for dequantized images scaled to [-1, 1] add d log(levels / 2) nats for the change
-    of variables before converting to bits per dimension, and a bound on a continuous density cannot be
+    The prior term L_T is exact; each L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) is exact
+    given one draw of x_t ~ q(x_t | x_0), and the decoder term L_0 = -log N(x_0; mu_theta(x_1, 1), beta_1 I)
+    uses one draw of x_1. With ``n_timesteps=None`` every t = 2..T is visited (T network evaluations per
+    sample); with ``n_timesteps = K`` the sum is estimated as (T - 1) times the mean of K terms at t drawn
+    uniformly from 2..T per sample (K + 1 evaluations per sample). Both are unbiased estimates of the bound.
+
+    The density is continuous (nats per sample for x_0 in the model's units): for dequantized images in
+    [-1, 1] convert with :func:`bits_per_dim`. A bound on a continuous density of grey levels cannot be
     compared with a likelihood of binarized images (a different random variable).
 
     Parameters
@@ -433,6 +437,8 @@ def variational_bound(model: Callable, schedule: Schedule, x0: torch.Tensor, *, 
     variance : {"beta", "posterior"}
         The reverse-step variances sigma_t^2 for t >= 2 (see :func:`elbo_weights`); the decoder p(x_0 | x_1)
         uses beta_1 in both cases.
+    n_timesteps : int, optional
+        Monte Carlo terms per sample for the sum over t (default: all T - 1 of them).
     generator : torch.Generator, optional
 
     Returns
@@ -441,27 +447,36 @@ def variational_bound(model: Callable, schedule: Schedule, x0: torch.Tensor, *, 
     """
     _check_schedule(schedule)
     _check_data(x0, "variational_bound")
-    n, d = x0.shape[0], x0[0].numel()
+    n, d, T = x0.shape[0], x0[0].numel(), schedule.T
     s2 = _reverse_variances(schedule, variance)
     ab_T = schedule.alpha_bars[-1].item()
-    flat = x0.flatten(1)
-    prior = 0.5 * (ab_T * flat.square().sum(1) + d * (1 - ab_T) - d - d * math.log(1 - ab_T))
+    prior = 0.5 * (ab_T * x0.flatten(1).square().sum(1) + d * (1 - ab_T) - d - d * math.log(1 - ab_T))
     diffusion = torch.zeros(n, dtype=x0.dtype, device=x0.device)
-    decoder = None
-    for t in range(schedule.T, 0, -1):
-        tt = torch.full((n,), t, dtype=torch.long)
-        xt = q_sample(schedule, x0, tt, generator=generator)
-        eps_hat = _evaluate(model, xt, tt)
-        mu_p = _reverse_mean(schedule, xt, tt, eps_hat)
-        var_p = s2[t - 1].item()
-        if t == 1:
-            decoder = 0.5 * ((x0 - mu_p).flatten(1).square().sum(1) / var_p + d * (math.log(var_p) + _LOG_2PI))
-            break
-        mu_q, var_q = q_posterior(schedule, x0, xt, tt)
-        var_q = var_q.flatten()[0].item()
-        diffusion += 0.5 * ((mu_q - mu_p).flatten(1).square().sum(1) / var_p
-                            + d * (var_q / var_p - 1 + math.log(var_p / var_q)))
+    if n_timesteps is None:
+        for t in range(T, 1, -1):
+            diffusion += _kl_term(model, schedule, x0, torch.full((n,), t, dtype=torch.long), s2, generator)
+    elif T > 1:
+        k = check_count("n_timesteps", n_timesteps)
+        for _ in range(k):
+            where = generator.device if generator is not None else "cpu"
+            t = torch.randint(2, T + 1, (n,), generator=check_generator(generator), device=where).cpu()
+            diffusion += _kl_term(model, schedule, x0, t, s2, generator) * ((T - 1) / k)
+    one = torch.ones(n, dtype=torch.long)
+    x1 = q_sample(schedule, x0, one, generator=generator)
+    var = s2[0].item()
+    mu = _reverse_mean(schedule, x1, one, _evaluate(model, x1, one))
+    decoder = 0.5 * ((x0 - mu).flatten(1).square().sum(1) / var + d * (math.log(var) + _LOG_2PI))
     return Bound(prior, diffusion, decoder)
+
+
+def _kl_term(model, schedule, x0, t, s2, generator):
+    """KL(q(x_{t-1} | x_t, x_0) || N(mu_theta(x_t, t), sigma_t^2 I)) per sample (n,), nats, for t >= 2."""
+    d = x0[0].numel()
+    xt = q_sample(schedule, x0, t, generator=generator)
+    mu_p = _reverse_mean(schedule, xt, t, _evaluate(model, xt, t))
+    mu_q, var_q = q_posterior(schedule, x0, xt, t)
+    var_q, var_p = var_q.flatten(), s2[t - 1].to(x0.device, x0.dtype)
+    return 0.5 * ((mu_q - mu_p).flatten(1).square().sum(1) / var_p + d * (var_q / var_p - 1 + (var_p / var_q).log()))
 
 
 def _reverse_mean(schedule, xt, t, eps_hat):
@@ -597,6 +612,7 @@ class Samples(NamedTuple):
     x: torch.Tensor          #: the samples x_0, (n, ...)
     n_evaluations: int       #: network evaluations per sample (each call evaluates the whole batch once)
     timesteps: list          #: the timesteps visited, from T down
+    seconds: float           #: wall-clock time of the sampling loop (network evaluations and updates)
 
 
 @contextlib.contextmanager
@@ -663,12 +679,12 @@ def ancestral_sample(model: Callable, schedule: Schedule, shape, *, variance: st
 
     Returns
     -------
-    Samples(x, n_evaluations=T, timesteps=[T, ..., 1]).
+    Samples(x, n_evaluations=T, timesteps=[T, ..., 1], seconds).
     """
     check_choice("variance", variance, VARIANCES)
     x = _start(model, schedule, shape, generator, x_T, "ancestral_sample", dtype)
     sigma2 = schedule.betas if variance == "beta" else schedule.posterior_variances
-    n = x.shape[0]
+    n, start = x.shape[0], time.perf_counter()
     with _eval_mode(model):
         for t in range(schedule.T, 0, -1):
             tt = torch.full((n,), t, dtype=torch.long)
@@ -678,7 +694,7 @@ def ancestral_sample(model: Callable, schedule: Schedule, shape, *, variance: st
             x, _ = q_posterior(schedule, x0_hat, x, tt)
             if t > 1:
                 x = x + math.sqrt(sigma2[t - 1].item()) * _randn(x.shape, generator, x)
-    return Samples(x, schedule.T, list(range(schedule.T, 0, -1)))
+    return Samples(x, schedule.T, list(range(schedule.T, 0, -1)), time.perf_counter() - start)
 
 
 def ddim_timesteps(T: int, n_steps: int) -> list:
@@ -735,12 +751,12 @@ def ddim_sample(model: Callable, schedule: Schedule, shape, *, n_steps: int | No
 
     Returns
     -------
-    Samples(x, n_evaluations=S, timesteps=[tau_S, ..., tau_1]).
+    Samples(x, n_evaluations=S, timesteps=[tau_S, ..., tau_1], seconds).
     """
     eta = check_real("eta", eta, 0)
     steps = _check_subsequence(_check_schedule(schedule), timesteps, n_steps)
     x = _start(model, schedule, shape, generator, x_T, "ddim_sample", dtype)
-    n = x.shape[0]
+    n, start = x.shape[0], time.perf_counter()
     abs_ = schedule.alpha_bars
     with _eval_mode(model):
         for i in range(len(steps) - 1, -1, -1):
@@ -756,7 +772,7 @@ def ddim_sample(model: Callable, schedule: Schedule, shape, *, n_steps: int | No
             x = math.sqrt(ab_s) * x0_hat + math.sqrt(max(1 - ab_s - sigma ** 2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * _randn(x.shape, generator, x)
-    return Samples(x, len(steps), steps[::-1])
+    return Samples(x, len(steps), steps[::-1], time.perf_counter() - start)
 
 
 # ====================================================================== exact references: Gaussian mixtures
