@@ -13,8 +13,8 @@ N(sqrt(alpha_t) x_{t-1}, beta_t I); its marginal is closed-form (:func:`q_margin
 and "variance preserving": data of unit variance keep unit variance, and x_T ~ N(0, I) once alpha_bar_T
 is small. The reverse step given x_0 is Gaussian too (:func:`q_posterior`). A network eps_theta(x_t, t)
 predicts the noise eps; it is trained on the noise-prediction loss (:func:`noise_prediction_loss`),
-the evidence lower bound with its weights set to one (:func:`elbo_weights` gives the ELBO's weights,
-:func:`variational_bound` the bound itself). The network's noise prediction is a score estimate,
+the evidence lower bound's sum over t with every weight replaced by one (:func:`elbo_weights` gives the
+ELBO's weights, :func:`variational_bound` the bound itself). The noise prediction is a score estimate,
 
     score(x_t, t) = grad log q_t(x_t) = -eps_hat / sqrt(1 - alpha_bar_t)      (:func:`score_from_noise`),
 
@@ -35,6 +35,16 @@ matches the prior. Losses are per dimension (mean squared error over every numbe
 bounds are in nats per sample, summed over dimensions. The model is called as ``model(x_t, t)`` with
 x_t (n, ...) and t a LongTensor (n,) of timesteps in 1..T, and returns eps_hat of x_t's shape.
 Every random draw takes a ``torch.Generator`` (a seed in :func:`train_diffusion`).
+
+In a few lines (a 2-D toy; ``helpers.nets.TimeMLP`` is the network, ``helpers.nets.Denoiser`` for MNIST)::
+
+    schedule = linear_schedule(200, 0.1 / 200, 20 / 200)
+    model = TimeMLP(2, 200)
+    history = train_diffusion(model, x, schedule, n_epochs=50, seed=0)
+    samples = ddim_sample(model, schedule, (1000, 2), n_steps=50, generator=gen)   # .x, .n_evaluations
+
+Langevin dynamics on a known log-density (and MALA) live in :mod:`helpers.mcmc`; this module's samplers
+follow the learned score along the schedule instead.
 """
 from __future__ import annotations
 

@@ -455,6 +455,12 @@ def test_sampler_arguments_are_checked():
         ancestral_sample(pred, s, 4)
     with pytest.raises(TypeError, match="generator"):
         ancestral_sample(pred, s, (4, 1), generator=0)
+    # clip_denoised keeps the predicted x_0, hence the final samples, in [-1, 1] (for images)
+    wide = ExactNoisePredictor(GaussianMixture.isotropic([0.5, 0.5], [[-3.0], [3.0]], 0.5), s)
+    for sampler in (ancestral_sample, ddim_sample):
+        free = sampler(wide, s, (200, 1), generator=torch.Generator().manual_seed(0)).x
+        clipped = sampler(wide, s, (200, 1), generator=torch.Generator().manual_seed(0), clip_denoised=True).x
+        assert free.abs().max() > 2 and clipped.abs().max() <= 1
     out = ddim_sample(pred, s, (4, 1), timesteps=[3, 11, 20])
     assert out.timesteps == [20, 11, 3] and out.n_evaluations == 3 and out.seconds > 0
 
