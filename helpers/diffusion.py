@@ -701,9 +701,11 @@ def ancestral_sample(model: Callable, schedule: Schedule, shape, *, variance: st
             x0_hat = predict_x0(schedule, x, tt, _evaluate(model, x, tt))
             if clip_denoised:
                 x0_hat = x0_hat.clamp(-1, 1)
+            if t == 1:                           # mu_tilde = x0_hat exactly (no rounding), no noise
+                x = x0_hat
+                break
             x, _ = q_posterior(schedule, x0_hat, x, tt)
-            if t > 1:
-                x = x + math.sqrt(sigma2[t - 1].item()) * _randn(x.shape, generator, x)
+            x = x + math.sqrt(sigma2[t - 1].item()) * _randn(x.shape, generator, x)
     return Samples(x, schedule.T, list(range(schedule.T, 0, -1)), time.perf_counter() - start)
 
 
