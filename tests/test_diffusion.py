@@ -290,6 +290,31 @@ def test_optimal_loss_of_a_gaussian_is_the_posterior_variance_of_the_noise():
         noise_prediction_loss(lambda x, t: x[:, :1], s, x0, g)
 
 
+def test_the_exact_predictor_is_the_conditional_mean_of_the_noise():
+    # E[eps | x_t] is orthogonal to every function h of x_t: E[(eps - eps*) . h(x_t)] = 0. So, with the same
+    # t and noise, adding h to the predictor raises the loss by exactly E|h|^2 / d in expectation (a wrong
+    # predictor, even a rescaled one, adds a cross term); 2-D mixture, full covariances, t uniform per sample
+    m, s = mixture_2d(), short_schedule(100)
+    pred = ExactNoisePredictor(m, s)
+    g = torch.Generator().manual_seed(23)
+    x0, n = m.sample(20000, g), 20000
+    t = torch.randint(1, 101, (n,), generator=g)
+    noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    xt = q_sample(s, x0, t, noise)
+    base = noise_prediction_loss(pred, s, x0, t=t, noise=noise, reduction="none")
+    for h in (lambda x: 0.3 * x, lambda x: 0.5 * torch.sin(2 * x.flip(1))):
+        shifted = noise_prediction_loss(lambda x, tt: pred(x, tt) + h(x), s, x0, t=t, noise=noise, reduction="none")
+        excess = shifted - base - h(xt).square().mean(1)          # = -2 mean_j h_j (eps - eps*)_j
+        assert abs(excess.mean().item()) < 4 * excess.std().item() / math.sqrt(n)
+    # a predictor that is off by 10% fails the same check
+    wrong = lambda x, tt: 0.9 * pred(x, tt)  # noqa: E731
+    base = noise_prediction_loss(wrong, s, x0, t=t, noise=noise, reduction="none")
+    h = lambda x: 0.3 * x  # noqa: E731
+    excess = noise_prediction_loss(lambda x, tt: wrong(x, tt) + h(x), s, x0, t=t, noise=noise,
+                                   reduction="none") - base - h(xt).square().mean(1)
+    assert abs(excess.mean().item()) > 10 * excess.std().item() / math.sqrt(n)
+
+
 def test_elbo_weights_are_the_kl_between_posterior_and_reverse_step():
     s = short_schedule(60)
     g = torch.Generator().manual_seed(5)
