@@ -623,6 +623,7 @@ class Samples(NamedTuple):
     n_evaluations: int       #: network evaluations per sample (each call evaluates the whole batch once)
     timesteps: list          #: the timesteps visited, from T down
     seconds: float           #: wall-clock time of the sampling loop (network evaluations and updates)
+    path: dict               #: {t: x_t} for the timesteps asked for with ``record`` (clones, on x's device)
 
 
 @contextlib.contextmanager
@@ -660,7 +661,7 @@ def _start(model, schedule, shape, generator, x_T, who, dtype=None):
 
 def ancestral_sample(model: Callable, schedule: Schedule, shape, *, variance: str = "beta",
                      generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
-                     clip_denoised: bool = False, dtype: torch.dtype | None = None) -> Samples:
+                     clip_denoised: bool = False, dtype: torch.dtype | None = None, record=()) -> Samples:
     """DDPM's ancestral sampler: x_T ~ N(0, I), then x_{t-1} = mu_theta(x_t, t) + sigma_t z for t = T, ..., 1.
 
     mu_theta is the posterior mean q(x_{t-1} | x_t, x_0 = x0_hat) at the predicted x0_hat
@@ -686,17 +687,22 @@ def ancestral_sample(model: Callable, schedule: Schedule, shape, *, variance: st
         Clamp x0_hat to [-1, 1] at each step (for images in [-1, 1]); off by default (exact mathematics).
     dtype : torch.dtype, optional
         Of x_T when drawn (default: the model's parameters' dtype, float32 for a plain callable).
+    record : sequence of int
+        Timesteps t at which to keep the state x_t (the sample at noise level t, before the step at t),
+        e.g. to plot the reverse process.
 
     Returns
     -------
-    Samples(x, n_evaluations=T, timesteps=[T, ..., 1], seconds).
+    Samples(x, n_evaluations=T, timesteps=[T, ..., 1], seconds, path).
     """
     check_choice("variance", variance, VARIANCES)
     x = _start(model, schedule, shape, generator, x_T, "ancestral_sample", dtype)
     sigma2 = schedule.betas if variance == "beta" else schedule.posterior_variances
-    n, start = x.shape[0], time.perf_counter()
+    n, start, keep, path = x.shape[0], time.perf_counter(), _record(schedule, record), {}
     with _eval_mode(model):
         for t in range(schedule.T, 0, -1):
+            if t in keep:
+                path[t] = x.clone()
             tt = torch.full((n,), t, dtype=torch.long)
             x0_hat = predict_x0(schedule, x, tt, _evaluate(model, x, tt))
             if clip_denoised:
@@ -706,7 +712,15 @@ def ancestral_sample(model: Callable, schedule: Schedule, shape, *, variance: st
                 break
             x, _ = q_posterior(schedule, x0_hat, x, tt)
             x = x + math.sqrt(sigma2[t - 1].item()) * _randn(x.shape, generator, x)
-    return Samples(x, schedule.T, list(range(schedule.T, 0, -1)), time.perf_counter() - start)
+    return Samples(x, schedule.T, list(range(schedule.T, 0, -1)), time.perf_counter() - start, path)
+
+
+def _record(schedule, record):
+    """The set of timesteps to record, checked against 1..T."""
+    if isinstance(record, int) or not hasattr(record, "__iter__"):
+        raise TypeError(f"record must be a sequence of timesteps, e.g. (1000, 500, 100), got {record!r}")
+    record = list(record)
+    return set(schedule.timesteps(torch.as_tensor(record, dtype=torch.long)).tolist()) if record else set()
 
 
 def ddim_timesteps(T: int, n_steps: int) -> list:
@@ -736,7 +750,7 @@ def _check_subsequence(schedule, timesteps, n_steps):
 
 def ddim_sample(model: Callable, schedule: Schedule, shape, *, n_steps: int | None = None, timesteps=None,
                 eta: float = 0.0, generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
-                clip_denoised: bool = False, dtype: torch.dtype | None = None) -> Samples:
+                clip_denoised: bool = False, dtype: torch.dtype | None = None, record=()) -> Samples:
     """DDIM (Song, Meng & Ermon 2021) on a subsequence tau_1 < ... < tau_S = T of the timesteps.
 
     From x_T ~ N(0, I), each step from t = tau_i to s = tau_{i-1} (s = 0 after tau_1, alpha_bar_0 = 1):
@@ -752,7 +766,7 @@ def ddim_sample(model: Callable, schedule: Schedule, shape, *, n_steps: int | No
 
     Parameters
     ----------
-    model, schedule, shape, generator, x_T, clip_denoised, dtype
+    model, schedule, shape, generator, x_T, clip_denoised, dtype, record
         As in :func:`ancestral_sample`; the generator draws x_T, then z at every step with s >= 1 when eta > 0.
     n_steps : int, optional
         Network evaluations: the subsequence :func:`ddim_timesteps` (T, n_steps) (default: all T steps).
@@ -763,16 +777,19 @@ def ddim_sample(model: Callable, schedule: Schedule, shape, *, n_steps: int | No
 
     Returns
     -------
-    Samples(x, n_evaluations=S, timesteps=[tau_S, ..., tau_1], seconds).
+    Samples(x, n_evaluations=S, timesteps=[tau_S, ..., tau_1], seconds, path); ``record`` keeps x_t only at
+    timesteps of the subsequence.
     """
     eta = check_real("eta", eta, 0)
     steps = _check_subsequence(_check_schedule(schedule), timesteps, n_steps)
     x = _start(model, schedule, shape, generator, x_T, "ddim_sample", dtype)
-    n, start = x.shape[0], time.perf_counter()
+    n, start, keep, path = x.shape[0], time.perf_counter(), _record(schedule, record), {}
     abs_ = schedule.alpha_bars
     with _eval_mode(model):
         for i in range(len(steps) - 1, -1, -1):
             t = steps[i]
+            if t in keep:
+                path[t] = x.clone()
             ab_t, ab_s = abs_[t - 1].item(), (abs_[steps[i - 1] - 1].item() if i > 0 else 1.0)
             tt = torch.full((n,), t, dtype=torch.long)
             eps = _evaluate(model, x, tt)
@@ -784,7 +801,7 @@ def ddim_sample(model: Callable, schedule: Schedule, shape, *, n_steps: int | No
             x = math.sqrt(ab_s) * x0_hat + math.sqrt(max(1 - ab_s - sigma ** 2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * _randn(x.shape, generator, x)
-    return Samples(x, len(steps), steps[::-1], time.perf_counter() - start)
+    return Samples(x, len(steps), steps[::-1], time.perf_counter() - start, path)
 
 
 # ====================================================================== exact references: Gaussian mixtures

@@ -378,9 +378,17 @@ def test_ancestral_sampling_with_the_exact_score_reproduces_the_1d_mixture():
     for variance in ("beta", "posterior"):
         pred = ExactNoisePredictor(m, s)
         out = ancestral_sample(pred, s, (n, 1), variance=variance, generator=torch.Generator().manual_seed(7),
-                               dtype=torch.float64)
+                               dtype=torch.float64, record=(150, 50))
         assert out.n_evaluations == 200 == pred.calls and out.timesteps[0] == 200 and out.timesteps[-1] == 1
         assert ks_distance(out.x) < ks_999(n) + KS_BIAS_T200, variance
+        if variance == "beta":                               # the recorded path: x_t ~ q_t along the way
+            for t in (150, 50):
+                xt = out.path[t][:, 0].double()
+                noisy = m.noised(s.alpha_bar(t))
+                mean = (noisy.weights * noisy.means[:, 0]).sum()
+                var = (noisy.weights * (noisy.covariances[:, 0, 0] + noisy.means[:, 0] ** 2)).sum() - mean ** 2
+                assert abs(xt.mean() - mean) < 4 * (var / n).sqrt(), t
+                assert abs(xt.var() / var - 1) < 4 * math.sqrt(2 / n) + VAR_BIAS_T200, t
     # the same sampler with a predictor that ignores the data (eps_hat = 0) is far off
     out = ancestral_sample(lambda x, t: torch.zeros_like(x), s, (n, 1), generator=torch.Generator().manual_seed(7))
     assert ks_distance(out.x) > 0.1
@@ -480,6 +488,10 @@ def test_sampler_arguments_are_checked():
         ancestral_sample(pred, s, 4)
     with pytest.raises(TypeError, match="generator"):
         ancestral_sample(pred, s, (4, 1), generator=0)
+    with pytest.raises(ValueError, match="1..T"):
+        ancestral_sample(pred, s, (4, 1), record=[0, 5])
+    with pytest.raises(TypeError, match="sequence of timesteps"):
+        ddim_sample(pred, s, (4, 1), record=5)
     # clip_denoised keeps the predicted x_0, hence the final samples, in [-1, 1] (for images)
     wide = ExactNoisePredictor(GaussianMixture.isotropic([0.5, 0.5], [[-3.0], [3.0]], 0.5), s)
     for sampler in (ancestral_sample, ddim_sample):
@@ -488,6 +500,7 @@ def test_sampler_arguments_are_checked():
         assert free.abs().max() > 2 and clipped.abs().max() <= 1
     out = ddim_sample(pred, s, (4, 1), timesteps=[3, 11, 20])
     assert out.timesteps == [20, 11, 3] and out.n_evaluations == 3 and out.seconds > 0
+    assert ddim_sample(pred, s, (4, 1), timesteps=[3, 11, 20], record=[20, 11, 5]).path.keys() == {20, 11}
 
 
 # ---------------------------------------------------------------------- training
