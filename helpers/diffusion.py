@@ -717,7 +717,7 @@ def ancestral_sample(model: Callable, schedule: Schedule, shape, *, variance: st
 
 def _record(schedule, record):
     """The set of timesteps to record, checked against 1..T."""
-    if isinstance(record, int) or not hasattr(record, "__iter__"):
+    if not isinstance(record, (list, tuple, range, set, torch.Tensor)):
         raise TypeError(f"record must be a sequence of timesteps, e.g. (1000, 500, 100), got {record!r}")
     record = list(record)
     return set(schedule.timesteps(torch.as_tensor(record, dtype=torch.long)).tolist()) if record else set()
