@@ -86,17 +86,18 @@ class Schedule:
         The per-step noise variances, each in the open interval (0, 1). Stored in float64 on the CPU;
         coefficients are cast to the data's dtype and device when used.
 
-    Attributes (all float64 tensors of shape (T,); entry ``t - 1`` belongs to timestep t)
+    Attributes
     ----------
-    betas, alphas (1 - beta_t), alpha_bars (prod_{s <= t} alpha_s), alpha_bars_prev (alpha_bar_{t-1},
-    with alpha_bar_0 = 1), posterior_variances (beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
-    beta_t, the variance of q(x_{t-1} | x_t, x_0); beta_tilde_1 = 0).
+    betas, alphas, alpha_bars, alpha_bars_prev, posterior_variances : Tensor (T,), float64
+        Entry ``t - 1`` belongs to timestep t: beta_t; alpha_t = 1 - beta_t; alpha_bar_t = prod_{s <= t}
+        alpha_s; alpha_bar_{t-1} (with alpha_bar_0 = 1); beta_tilde_t = (1 - alpha_bar_{t-1}) /
+        (1 - alpha_bar_t) beta_t, the variance of q(x_{t-1} | x_t, x_0) (beta_tilde_1 = 0).
 
     Raises
     ------
     ValueError
-        Betas outside (0, 1), not finite, not 1-D, or so small that alpha_bar_t does not strictly decrease
-        in floating point (the noise must grow at every step).
+        Betas outside (0, 1), not finite, not 1-D, so small that alpha_bar_t does not strictly decrease in
+        floating point (the noise must grow at every step), or so large that alpha_bar_t underflows to 0.
     """
 
     def __init__(self, betas):
@@ -116,6 +117,10 @@ class Schedule:
                              "0 < beta_1, beta_T < 1)")
         alpha_bars = torch.cumprod(1 - b, 0)
         prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+        if alpha_bars[-1] <= 0:
+            i = int((alpha_bars <= 0).nonzero()[0, 0])
+            raise ValueError(f"alpha_bar_{i + 1} underflows to 0 in float64 (x_t would carry no trace of x_0 and "
+                             "x_0 could not be predicted from it); use smaller betas or fewer steps")
         flat = ~(alpha_bars < prev)
         if flat.any():
             i = int(flat.nonzero()[0, 0])

@@ -125,6 +125,8 @@ def test_schedules_refuse_bad_betas_and_timesteps():
             Schedule(bad)
     with pytest.raises(ValueError, match="strictly decreasing"):
         Schedule([0.1, 1e-20])                               # the noise does not grow in float64
+    with pytest.raises(ValueError, match="underflows"):
+        Schedule([0.999] * 200)                              # 1e-3^200 = 0 in float64
     with pytest.raises(ValueError, match="beta_T"):
         linear_schedule(10, 1e-4, 1.5)
     with pytest.raises(ValueError, match="T must be"):
