@@ -41,7 +41,7 @@ from helpers.diffusion import (
     tweedie_mean,
     variational_bound,
 )
-from helpers.nets import MLP
+from helpers.nets import MLP, Denoiser, TimeMLP
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,20 +79,6 @@ def ks_distance(x):
 def ks_999(n):
     """The 99.9% quantile of the KS distance of n exact draws (Kolmogorov: P(sqrt(n) D > 1.949) = 0.001)."""
     return 1.949 / math.sqrt(n)
-
-
-class TimeMLP(nn.Module):
-    """(x (batch, d), t (batch,)) -> (batch, d): an MLP on x and Fourier features of t / T."""
-
-    def __init__(self, dim, n_steps, hidden=64, depth=2, n_frequencies=6):
-        super().__init__()
-        self.n_steps = n_steps
-        self.register_buffer("freq", math.pi * 2.0 ** torch.arange(n_frequencies), persistent=False)
-        self.net = MLP(dim + 1 + 2 * n_frequencies, dim, hidden, depth, "silu")
-
-    def forward(self, x, t):
-        s = (t.to(x.dtype) / self.n_steps)[:, None]
-        return self.net(torch.cat([x, s, torch.sin(s * self.freq), torch.cos(s * self.freq)], 1))
 
 
 # ---------------------------------------------------------------------- schedules
@@ -630,3 +616,17 @@ def test_dequantization_and_bits_per_dimension():
     # the exact model of a discrete law: data k uniform on {0, 1} with levels = 2 -> 1 bit, i.e. the
     # continuous density 1/2 per unit on [-1, 1] again
     assert bits_per_dim(torch.full((5,), 3 * math.log(2)), 3, levels=2) == pytest.approx(1.0)
+
+
+def test_training_a_denoiser_on_images_in_minus_one_one():
+    # integration: images scaled by images_to_model, the U-Net of helpers.nets, a few steps, both samplers
+    x = images_to_model(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(22)))
+    s = short_schedule(20)
+    torch.manual_seed(0)
+    net = Denoiser(20, width=4)
+    history = train_diffusion(net, x, s, n_epochs=3, batch_size=16, lr=3e-3, progress=False)
+    assert history["loss"][0] == pytest.approx(1.0, abs=0.1)     # the zero-initialised output: eps_hat = 0
+    assert history["loss"][-1] < history["loss"][0]
+    for sampler, kw in ((ddim_sample, {"n_steps": 5}), (ancestral_sample, {})):
+        out = sampler(net, s, (3, 1, 28, 28), generator=torch.Generator().manual_seed(0), clip_denoised=True, **kw)
+        assert out.x.shape == (3, 1, 28, 28) and out.x.abs().max() <= 1 and out.n_evaluations == kw.get("n_steps", 20)

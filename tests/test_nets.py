@@ -269,3 +269,68 @@ def test_dcgan_discriminator_returns_one_logit_per_image():
         d(torch.rand(4, 28, 28, dtype=torch.float64))
     with pytest.raises(ValueError, match="width must be"):
         nets.DCGANDiscriminator(width=0)
+
+
+# ---------------------------------------------------------------------- diffusion denoisers
+def test_time_mlp_is_an_mlp_on_x_and_fourier_features_of_t():
+    import math
+
+    torch.manual_seed(0)
+    net = nets.TimeMLP(2, 100, hidden=16, depth=2, n_frequencies=3)
+    x, t = torch.randn(5, 2), torch.tensor([1, 10, 50, 99, 100])
+    # the features written out element by element
+    rows = []
+    for ti in t.tolist():
+        s = ti / 100
+        rows.append([s] + [math.sin(math.pi * 2 ** j * s) for j in range(3)]
+                    + [math.cos(math.pi * 2 ** j * s) for j in range(3)])
+    feats = torch.tensor(rows)
+    assert torch.allclose(nets.time_features(t, 100, 3), feats, atol=1e-6)
+    h = torch.cat([x, feats], 1)
+    lin = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in lin[:-1]:
+        h = F.silu(F.linear(h, layer.weight, layer.bias))
+    assert torch.allclose(net(x, t), F.linear(h, lin[-1].weight, lin[-1].bias), atol=1e-6)
+    assert not torch.allclose(net(x, t), net(x, t.flip(0)))          # it depends on t
+    with pytest.raises(ValueError, match=r"\(batch, 2\)"):
+        net(torch.randn(5, 3), t)
+    with pytest.raises(ValueError, match="one timestep per sample"):
+        net(x, t[:3])
+    with pytest.raises(ValueError, match="n_steps"):
+        net(x, t + 1)                                                   # 101 > n_steps
+    with pytest.raises(TypeError, match="dtype"):
+        net(x, t > 50)
+    with pytest.raises(ValueError, match="n_steps"):
+        nets.TimeMLP(2, 0)
+
+
+def _resblock_written_out(block, h, emb):
+    g1, g2 = block.norm1.num_groups, block.norm2.num_groups
+    out = F.conv2d(F.silu(F.group_norm(h, g1, block.norm1.weight, block.norm1.bias, block.norm1.eps)),
+                   block.conv1.weight, block.conv1.bias, padding=1)
+    out = out + F.linear(emb, block.time.weight, block.time.bias)[:, :, None, None]
+    out = F.conv2d(F.silu(F.group_norm(out, g2, block.norm2.weight, block.norm2.bias, block.norm2.eps)),
+                   block.conv2.weight, block.conv2.bias, padding=1)
+    skip = h if isinstance(block.skip, torch.nn.Identity) else F.conv2d(h, block.skip.weight, block.skip.bias)
+    return skip + out
+
+
+def test_denoiser_shapes_blocks_written_out_and_per_image_outputs():
+    torch.manual_seed(0)
+    net = nets.Denoiser(1000, width=8)
+    x, t = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([1, 200, 600, 1000])
+    assert torch.equal(net(x, t), torch.zeros(4, 1, 28, 28))          # the last convolution starts at zero
+    torch.nn.init.normal_(net.out[-1].weight, std=0.1)
+    out = net(x, t)
+    assert out.shape == (4, 1, 28, 28) and out.abs().max() > 0
+    assert torch.allclose(net(x[1:2], t[1:2]), out[1:2], atol=1e-5)   # group norm: no batch coupling
+    assert not torch.allclose(net(x, t.flip(0)), out)                  # it depends on t
+    emb = torch.randn(4, 32)
+    for block, c in ((net.down1, 8), (net.down2, 8), (net.up1, 24)):
+        h = torch.randn(4, c, 14, 14)
+        assert torch.allclose(block(h, emb), _resblock_written_out(block, h, emb), atol=1e-5)
+    assert sum(p.numel() for p in nets.Denoiser(1000, width=32).parameters()) > 10 * _n_params(net)
+    with pytest.raises(ValueError, match="view"):
+        net(x.reshape(4, 784), t)
+    with pytest.raises(ValueError, match="0..1000"):
+        net(x, t * 2)
