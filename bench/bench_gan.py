@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_loop import best_of  # the sibling script (bench/ is on sys.path when this file runs)
 
 from helpers.config import data_dir
 from helpers.data import load_mnist
@@ -78,15 +78,6 @@ def plain_epoch(generator, discriminator, root, n_train, seed):
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-
-
-def best_of(repeats, fn):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main():

@@ -381,19 +381,30 @@ def iwae_log_likelihood(model: VAE, x, k: int, batch_k: int = 32, generator: tor
             lambda: {"log_px": iwae_log_likelihood(model, x, k, batch_k, generator, batch_size).cpu()},
             what="IWAE estimate", redo="computing it")
         return out["log_px"].to(x.device)
+    total = None
+    for _, images, log_w in _log_weight_blocks(model, x, k, batch_k, generator, batch_size):
+        if total is None:
+            total = torch.full((x.shape[0],), -math.inf, dtype=log_w.dtype, device=log_w.device)
+        total[images] = torch.logaddexp(total[images], torch.logsumexp(log_w, 0))
+    return total - math.log(k)
+
+
+def _log_weight_blocks(model, x, k, batch_k, generator, batch_size):
+    """The importance draws of :func:`iwae_log_likelihood` and :func:`iwae_log_weights`, block by block:
+    yields ``(samples, images, log_w)``, two slices and the (m, batch) log-weights of those samples and
+    images. One (n, latent_dim) noise block per sample, ``batch_k`` samples at a time, so the same
+    generator state gives the same draws in both functions."""
     n = x.shape[0]
     mus, logvars = zip(*(model.encoder(x[i:i + batch_size]) for i in range(0, n, batch_size)))
     mu, logvar = torch.cat(mus), torch.cat(logvars)
-    total = torch.full((n,), -math.inf, dtype=mu.dtype, device=mu.device)
     for start in range(0, k, batch_k):
         m = min(batch_k, k - start)
         eps = torch.stack([_randn(mu.shape, generator, mu) for _ in range(m)])  # (m, n, d)
         z = mu + torch.exp(0.5 * logvar) * eps
         for i in range(0, n, batch_size):
-            sl = slice(i, i + batch_size)
-            log_w = log_importance_weights(model, x[sl], z[:, sl], mu[sl], logvar[sl])
-            total[sl] = torch.logaddexp(total[sl], torch.logsumexp(log_w, 0))
-    return total - math.log(k)
+            images = slice(i, i + batch_size)
+            yield slice(start, start + m), images, log_importance_weights(model, x[images], z[:, images],
+                                                                          mu[images], logvar[images])
 
 
 @torch.no_grad()
@@ -420,17 +431,11 @@ def iwae_log_weights(model: VAE, x, k: int, batch_k: int = 32, generator: torch.
             lambda: {"log_w": iwae_log_weights(model, x, k, batch_k, generator, batch_size).cpu()},
             what="IWAE log-weights", redo="computing them")
         return out["log_w"].to(x.device)
-    n = x.shape[0]
-    mus, logvars = zip(*(model.encoder(x[i:i + batch_size]) for i in range(0, n, batch_size)))
-    mu, logvar = torch.cat(mus), torch.cat(logvars)
-    out = torch.empty(k, n, dtype=mu.dtype, device=mu.device)
-    for start in range(0, k, batch_k):
-        m = min(batch_k, k - start)
-        eps = torch.stack([_randn(mu.shape, generator, mu) for _ in range(m)])  # (m, n, d)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        for i in range(0, n, batch_size):
-            sl = slice(i, i + batch_size)
-            out[start:start + m, sl] = log_importance_weights(model, x[sl], z[:, sl], mu[sl], logvar[sl])
+    out = None
+    for samples, images, log_w in _log_weight_blocks(model, x, k, batch_k, generator, batch_size):
+        if out is None:
+            out = torch.empty(k, x.shape[0], dtype=log_w.dtype, device=log_w.device)
+        out[samples, images] = log_w
     return out
 
 
