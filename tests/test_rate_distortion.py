@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
+from vae_models import binary, gen, tiny_vae
 
 from helpers.rate_distortion import (
     FreeBitsSettings,
@@ -36,17 +37,6 @@ from helpers.vae import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def binary(n, d=12, seed=0, p=0.3):
-    return (torch.rand(n, d, generator=gen(seed)) < p).float()
-
-
-def tiny_vae(d=12, hidden=8, latent=3, seed=0, likelihood="bernoulli"):
-    torch.manual_seed(seed)
-    return VAE(MLPEncoder(d, hidden, latent), MLPDecoder(latent, hidden, d), likelihood)
 
 
 def linear_gaussian_vae(p=3, sigma=0.7, latent=2, seed=0):

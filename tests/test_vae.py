@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal, kl_divergence
+from vae_models import binary, gen, tiny_vae
 
 from helpers.baselines import independent_pixels
 from helpers.vae import (
@@ -21,8 +22,6 @@ from helpers.vae import (
     ConvDecoder,
     ConvEncoder,
     GaussianLikelihood,
-    MLPDecoder,
-    MLPEncoder,
     aggregate_posterior_kl,
     collapse_checks,
     conv_vae,
@@ -40,17 +39,6 @@ from helpers.vae import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def binary(n, d=12, seed=0, p=0.3):
-    return (torch.rand(n, d, generator=gen(seed)) < p).float()
-
-
-def tiny_vae(d=12, hidden=8, latent=3, seed=0, likelihood="bernoulli", dtype=torch.float32):
-    torch.manual_seed(seed)
-    return VAE(MLPEncoder(d, hidden, latent), MLPDecoder(latent, hidden, d), likelihood).to(dtype)
 
 
 # ---------------------------------------------------------------------- KL
